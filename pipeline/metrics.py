@@ -1,0 +1,57 @@
+"""Classification metrics and the across-seed summary every table reports."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+CLASSIFICATION_METRICS = ("acc", "balanced_acc", "macro_f1", "auroc")
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro-F1 and one-vs-rest macro AUROC.
+
+    Args:
+        y_true: (N,) class indexes. proba: (N, K) class probabilities (rows sum to 1).
+    AUROC is averaged over the classes present in ``y_true`` (a class absent from the test split has no
+    defined ROC curve); with a single class present it is NaN.
+    """
+    y_true = np.asarray(y_true)
+    y_pred = proba.argmax(axis=1)
+    present = np.unique(y_true)
+    labels = np.arange(proba.shape[1])
+    result = {
+        "acc": float(accuracy_score(y_true, y_pred)),
+        "balanced_acc": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
+    }
+    if len(present) < 2:
+        result["auroc"] = float("nan")
+    else:
+        per_class = [roc_auc_score(y_true == c, proba[:, c]) for c in present if c in labels]
+        result["auroc"] = float(np.mean(per_class))
+    return result
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95 % Student-t confidence interval over seeds (0 for one seed)."""
+    array = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if len(array) == 0:
+        return float("nan"), float("nan")
+    if len(array) == 1:
+        return float(array[0]), 0.0
+    half = stats.t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array))
+    return float(array.mean()), float(half)
+
+
+def summarise_runs(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per metric: ``<metric>`` (mean over seeds) and ``<metric>_ci95`` (half-width)."""
+    summary: dict[str, float] = {}
+    for name in CLASSIFICATION_METRICS:
+        mean, half = mean_ci95([run[name] for run in runs])
+        summary[name] = round(mean, 6)
+        summary[f"{name}_ci95"] = round(half, 6)
+    return summary

@@ -1,0 +1,75 @@
+"""Frozen-feature evaluation: feature extraction, weighted kNN and the linear probe (DOMAIN.md §2.1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+from torch.utils.data import DataLoader
+
+from pipeline.data.chips import ChipSet
+from pipeline.data.datasets import ChannelStandardiser, ChipDataset
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Pooled representation h of each chip, (len(indices), F) float32, backbone in eval mode."""
+    was_training = backbone.training
+    backbone.eval()
+    standardise = ChannelStandardiser(chips.mean, chips.std)
+    loader = DataLoader(ChipDataset(chips, indices), batch_size=batch_size, shuffle=False)
+    features = [backbone(standardise(images)).float() for images, _ in loader]
+    backbone.train(was_training)
+    if not features:
+        return np.zeros((0, getattr(backbone, "num_features", 0)), dtype=np.float32)
+    return torch.cat(features).numpy()
+
+
+def knn_predict_proba(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    query_features: np.ndarray,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> np.ndarray:
+    """Cosine, temperature-weighted kNN vote (Wu et al. 2018, as used for SSL monitoring).
+
+    Returns (Q, num_classes) class scores that sum to 1 per row.
+    """
+    train = F.normalize(torch.as_tensor(train_features, dtype=torch.float32), dim=1)
+    query = F.normalize(torch.as_tensor(query_features, dtype=torch.float32), dim=1)
+    k = min(k, len(train))
+    similarity, neighbour = (query @ train.T).topk(k, dim=1)
+    weights = (similarity / temperature).exp()
+    votes = torch.zeros(len(query), num_classes)
+    votes.scatter_add_(1, torch.as_tensor(train_labels, dtype=torch.long)[neighbour], weights)
+    return (votes / votes.sum(dim=1, keepdim=True)).numpy()
+
+
+def linear_probe_proba(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    query_features: np.ndarray,
+    num_classes: int,
+    inverse_regularisation: float = 1.0,
+    max_iter: int = 2000,
+) -> np.ndarray:
+    """Logistic regression on standardised frozen features; (Q, num_classes) probabilities.
+
+    Classes absent from the (small) labelled subset get probability 0, so every protocol reports
+    probabilities over the same class list.
+    """
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(C=inverse_regularisation, max_iter=max_iter)
+    )
+    model.fit(train_features, train_labels)
+    proba = np.zeros((len(query_features), num_classes))
+    proba[:, model.classes_] = model.predict_proba(query_features)
+    return proba

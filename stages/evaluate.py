@@ -1,0 +1,30 @@
+"""DVC stage: classification with one initialisation (simclr / imagenet / random) or the floor."""
+
+from pathlib import Path
+
+from pipeline.atomic import write_json
+from pipeline.data.chips import load_chipset
+from pipeline.models.backbone import create_backbone, provenance_dict
+from pipeline.presets import PRESETS
+from pipeline.tasks.evaluate import evaluate_backbone, evaluate_floor
+from stages.common import start_stage
+
+if __name__ == "__main__":
+    config, args = start_stage(__doc__, with_init=True)
+    domain, init = args.domain, args.init
+    chips = load_chipset(Path(config.paths.ingest) / domain)
+    if init == "floor":
+        result = evaluate_floor(chips, config.evaluate)
+    else:
+        def make_backbone():
+            model, provenance = create_backbone(
+                config.model.backbone, init, chips.in_chans, seed=config.seed,
+                imagenet_weights=config.model.imagenet_weights, simclr_export=Path(config.paths.pretrain) / domain,
+            )
+            make_backbone.provenance = provenance_dict(provenance)
+            return model
+
+        augment = PRESETS[config.domain(domain).preset].augment
+        result = evaluate_backbone(make_backbone, chips, config.evaluate, augment, {"init": init})
+        result["weights"] = make_backbone.provenance
+    write_json(Path(config.paths.evaluate) / domain / f"{init}.json", result)
