@@ -126,14 +126,14 @@ def read_geotiff_folder(source: Path, cfg: DomainDataConfig) -> IngestedChips:
             if out.channel_names and names != out.channel_names:
                 raise UnreadableImageError(f"{path}: bands {names} differ from earlier scenes {out.channel_names}")
             out.channel_names = names
-            _chip_scene(path, relative, source, cfg, labels, out, info.crs)
+            _chip_scene(path, relative, source, cfg, labels, out, info)
         except UnreadableImageError as error:
             out.rejected.append({"path": relative, "reason": str(error).replace(str(path), relative)})
     out.classes = read_class_names(source, list(labels.values()) + [r["label"] for r in out.rows])
     return out
 
 
-def _chip_scene(path, relative, source, cfg, labels, out: IngestedChips, crs: str) -> None:
+def _chip_scene(path, relative, source, cfg, labels, out: IngestedChips, info) -> None:
     mask_path = source / "masks" / relative
     class_names = read_class_names(source, []) if mask_path.exists() else []
     for chip in iter_chips(path, cfg.chip_size, cfg.geotiff.bands):
@@ -141,11 +141,13 @@ def _chip_scene(path, relative, source, cfg, labels, out: IngestedChips, crs: st
             continue
         label = labels.get(relative, "")
         if mask_path.exists():
-            label = _dominant_class(read_label_chip(mask_path, chip.row, chip.col, cfg.chip_size), class_names)
+            label = _dominant_class(read_label_chip(mask_path, chip.row, chip.col, cfg.chip_size, scene=info), class_names)
+        # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
+        # downstream are never clamped.
         out.images.append(np.clip(chip.data, 0.0, 1.0).astype(np.float32))
         out.valid.append(chip.valid)
         out.rows.append({"source": relative, "group": relative, "label": label, "row": chip.row, "col": chip.col,
-                         "crs": crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
+                         "crs": info.crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
 
 
 def _dominant_class(mask: np.ndarray, class_names: list[str]) -> str:
@@ -165,7 +167,8 @@ def _split_by_group(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
 
 def _split_by_block(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
     return spatial_block_split([r["source"] for r in rows], [r["row"] for r in rows], [r["col"] for r in rows],
-                               cfg.geotiff.block_size_px, tuple(cfg.split_fractions), seed, cfg.geotiff.buffer_px)
+                               cfg.geotiff.block_size_px, tuple(cfg.split_fractions), seed, cfg.geotiff.buffer_px,
+                               chip_size_px=cfg.chip_size)
 
 
 def _block_of(row: dict, cfg: DomainDataConfig) -> str:

@@ -1,0 +1,171 @@
+"""SimCLR two-view augmentation, with each domain's recipe written as data.
+
+Chips arrive as float32 (H, W, C) arrays in [0, 1]: CT with one HU window per channel, multispectral
+with reflectance clipped to [0, 1]. Every transform below is defined for float32 and any channel count
+(1, 3, 4, 13, …) and keeps values in [0, 1]; per-channel standardisation happens later, on the batch, in
+torch. Nothing here assumes RGB: no hue / saturation / ColorJitter / ToGray (DOMAIN.md §3, §4).
+
+Randomness comes from (seed, epoch, index) for every call, never from the worker process or call order,
+so a run gives the same views with 0 or 8 DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import albumentations as A
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SIZE = "<image_size>"
+"""Placeholder in a recipe for the output side length, filled in by :func:`build_view_transform`."""
+
+
+class BandDropout(A.ChannelDropout):
+    """``A.ChannelDropout`` that is a no-op on 1-channel images and never drops every band.
+
+    Albumentations raises on C = 1 and when the drop range reaches C; a recipe must work for any C,
+    so the upper bound is clipped to C − 1 and single-channel images pass through unchanged.
+    """
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Pick 1 … min(max, C − 1) bands to fill, or none when C = 1."""
+        image = data["image"] if "image" in data else data["images"][0]
+        num_channels = image.shape[-1] if image.ndim == 3 else 1
+        if num_channels < 2:
+            return {"channels_to_drop": []}
+        low, high = self.channel_drop_range
+        count = self.py_random.randint(min(low, num_channels - 1), min(high, num_channels - 1))
+        return {"channels_to_drop": self.py_random.sample(range(num_channels), k=count)}
+
+    def apply(self, img: np.ndarray, channels_to_drop: list[int], **params: Any) -> np.ndarray:
+        """(H, W, C) → same shape with the chosen bands set to ``fill``."""
+        return img if not channels_to_drop else super().apply(img, channels_to_drop, **params)
+
+
+# One row per step, applied in order: {"transform": <albumentations class name>, **its arguments}.
+# Intensity steps come after the crop so they run on the small output image.
+AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
+    # Evaluation: resize only.
+    "none": (
+        {"transform": "Resize", "height": IMAGE_SIZE, "width": IMAGE_SIZE, "area_for_downscale": "image"},
+    ),
+    # CT axial slices (§3): anatomy has a side, so no flips; crops large enough to usually keep the
+    # lesion; "window jitter" = per-channel gain (window width) + per-channel offset (window level).
+    "medical_ct": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.35, 1.0),
+         "ratio": (0.8, 1.25), "area_for_downscale": "image"},
+        {"transform": "Affine", "rotate": (-12, 12), "scale": (0.9, 1.1), "translate_percent": (-0.05, 0.05),
+         "fill": 0.0, "p": 0.7},  # 0 = below every window, i.e. air outside the body
+        {"transform": "MultiplicativeNoise", "multiplier": (0.85, 1.15), "per_channel": True,
+         "elementwise": False, "p": 0.8},
+        {"transform": "AdditiveNoise", "noise_type": "uniform", "spatial_mode": "constant",
+         "noise_params": {"ranges": [(-0.08, 0.08)]}, "p": 0.8},
+        {"transform": "RandomGamma", "gamma_limit": (80, 125), "p": 0.5},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
+        {"transform": "GaussNoise", "std_range": (0.005, 0.03), "p": 0.3},
+    ),
+    # Multispectral chips (§4): overhead imagery has no "up", so all 8 flips/rotations; per-band gain,
+    # brightness relative to the chip's mean reflectance, band dropout, blur, sensor noise.
+    "remote_multispectral": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.25, 1.0),
+         "ratio": (0.75, 4 / 3), "area_for_downscale": "image"},
+        {"transform": "D4", "p": 1.0},
+        {"transform": "MultiplicativeNoise", "multiplier": (0.8, 1.2), "per_channel": True,
+         "elementwise": False, "p": 0.8},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2,
+         "brightness_by_max": False, "p": 0.8},
+        {"transform": "BandDropout", "channel_drop_range": (1, 2), "fill": 0.0, "p": 0.2},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
+        {"transform": "GaussNoise", "std_range": (0.005, 0.02), "p": 0.3},
+    ),
+}
+
+_LOCAL_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"BandDropout": BandDropout}
+
+
+def build_view_transform(preset: str, image_size: int) -> A.Compose:
+    """One random view of a float32 (H, W, C) chip in [0, 1] → (image_size, image_size, C), same range.
+
+    Args:
+        preset: key of :data:`AUGMENT_PRESETS`.
+        image_size: output side length in pixels.
+
+    Returns:
+        An ``A.Compose``; seed it per call (``set_random_seed`` / ``set_random_state``) for reproducibility.
+
+    Raises:
+        ValueError: for an unknown preset (the message lists the known ones) or a non-positive size.
+    """
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; known presets: {sorted(AUGMENT_PRESETS)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    return A.Compose([_build_step(step, int(image_size)) for step in AUGMENT_PRESETS[preset]])
+
+
+def _build_step(step: dict[str, Any], image_size: int) -> A.BasicTransform:
+    """Instantiate one recipe row, replacing :data:`IMAGE_SIZE` placeholders by ``image_size``."""
+    kwargs = {key: _fill_size(value, image_size) for key, value in step.items() if key != "transform"}
+    name = step["transform"]
+    cls = _LOCAL_TRANSFORMS.get(name) or getattr(A, name, None)
+    if cls is None:
+        raise ValueError(f"augmentation step names unknown transform {name!r}")
+    return cls(**kwargs)
+
+
+def _fill_size(value: Any, image_size: int) -> Any:
+    """Recursively substitute the output size placeholder inside tuples."""
+    if isinstance(value, str) and value == IMAGE_SIZE:
+        return image_size
+    if isinstance(value, tuple):
+        return tuple(_fill_size(item, image_size) for item in value)
+    return value
+
+
+class TwoViewTransform:
+    """Two independent augmentations of one chip, reproducible from (seed, epoch, index).
+
+    Each call seeds one numpy and one Python generator from ``SeedSequence([seed, epoch, index])`` and
+    hands them to the Compose (``set_random_state``: two generator constructions per call, not one per
+    transform); views a and b are consecutive draws from that state. The result therefore does not
+    depend on which DataLoader worker computes it or on what it computed before.
+    """
+
+    def __init__(self, preset: str, image_size: int, seed: int) -> None:
+        self.preset = preset
+        self.image_size = image_size
+        self.seed = seed
+        self.compose = build_view_transform(preset, image_size)
+
+    def __call__(self, image: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, C) float32 in [0, 1] → two (C, image_size, image_size) float32 C-contiguous views.
+
+        Raises:
+            ValueError: if ``image`` is not a float32 (H, W, C) array.
+        """
+        _check_image(image)
+        self.compose.set_random_state(*_generators(self.seed, epoch, index))
+        return self._view(image), self._view(image)
+
+    def _view(self, image: np.ndarray) -> np.ndarray:
+        """One draw of the recipe, channels moved first: (H, W, C) → (C, S, S)."""
+        view = self.compose(image=image)["image"].reshape(self.image_size, self.image_size, image.shape[-1])
+        return np.ascontiguousarray(view.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _generators(seed: int, epoch: int, index: int) -> tuple[np.random.Generator, random.Random]:
+    """Independent numpy and Python generators for one (seed, epoch, index); all must be ≥ 0."""
+    numpy_sequence, python_sequence = np.random.SeedSequence([seed, epoch, index]).spawn(2)
+    return np.random.default_rng(numpy_sequence), random.Random(int(python_sequence.generate_state(1)[0]))
+
+
+def _check_image(image: np.ndarray) -> None:
+    """Albumentations treats uint8 and float differently; only float32 (H, W, C) in [0, 1] is meant."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.dtype != np.float32:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"expected a float32 (H, W, C) array in [0, 1], got shape {shape} and dtype {dtype}")

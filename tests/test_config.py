@@ -1,0 +1,68 @@
+"""params.yaml validation: one-line errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repository_params_are_valid():
+    config = load_config(REPO / "params.yaml")
+    assert set(config.grid.domains) <= set(config.data)
+    assert config.simclr.temperature > 0
+
+
+def test_unknown_key_is_named():
+    raw = _params()
+    raw["simclr"]["temprature"] = 0.1
+    with pytest.raises(ConfigError, match=r"simclr\.temprature: unknown key"):
+        parse_config(raw)
+
+
+def test_bad_value_is_named_in_one_line():
+    raw = _params()
+    raw["simclr"]["temperature"] = -1
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw)
+    assert "simclr.temperature" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_nested_domain_key_is_named():
+    raw = _params()
+    raw["data"]["medical"]["dicom"]["hu_windows"][0]["width"] = 0
+    with pytest.raises(ConfigError, match=r"data\.medical\.dicom\.hu_windows\.0\.width"):
+        parse_config(raw)
+
+
+def test_split_fractions_must_sum_to_one():
+    raw = _params()
+    raw["data"]["remote"]["split_fractions"] = [0.5, 0.2, 0.2]
+    with pytest.raises(ConfigError, match=r"data\.remote\.split_fractions"):
+        parse_config(raw)
+
+
+def test_grid_domain_without_data_section():
+    raw = _params()
+    raw["grid"]["domains"] = ["medical", "xray"]
+    with pytest.raises(ConfigError, match="xray"):
+        parse_config(raw)
+
+
+def test_unknown_preset_is_named():
+    raw = _params()
+    raw["data"]["medical"]["preset"] = "ultrasound"
+    with pytest.raises(ConfigError, match=r"data\.medical\.preset.*ultrasound"):
+        parse_config(raw)
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
