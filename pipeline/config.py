@@ -111,9 +111,9 @@ class ModelConfig(_Strict):
 
 
 class SimCLRConfig(_Strict):
-    init: Literal["random", "imagenet"] = "random"  # backbone weights the pretraining starts from
-    epochs: PositiveInt = 20
-    batch_size: Annotated[int, Field(ge=2)] = 128
+    init: Literal["random", "imagenet"] = "imagenet"  # backbone weights the pretraining starts from
+    epochs: PositiveInt = 10
+    batch_size: Annotated[int, Field(ge=2)] = 64
     image_size: PositiveInt = 64
     temperature: PositiveFloat = 0.2
     optimizer: Literal["adamw", "lars"] = "adamw"

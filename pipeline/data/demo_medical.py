@@ -35,7 +35,7 @@ MASK_CLASSES = {0: "background", 1: "body", 2: "liver", 3: "other_organ", 4: "bo
 BACKGROUND, BODY, LIVER, OTHER_ORGAN, BONE, LESION = range(6)
 RESCALE_INTERCEPT = -1024  # stored value = HU + 1024
 WINDOW_CENTER, WINDOW_WIDTH = 40, 400
-LESION_RADIUS = (0.13, 0.19)  # half-FOV units: >= 4 px radius once a slice is resized to 64 px
+LESION_RADIUS = (0.14, 0.2)  # half-FOV units: >= 4 px radius once a slice is resized to 64 px
 LESION_CONTRAST_HU = (20.0, 80.0)
 
 
@@ -99,8 +99,9 @@ def _smooth_noise(rng: np.random.Generator, n: int, sigma_px: float) -> np.ndarr
 def _draw_patient(rng: np.random.Generator) -> _Patient:
     """Body habitus, organ placement and contrast phase of one synthetic patient."""
     aorta = rng.uniform(40, 200)  # non-contrast ... arterial phase
-    hu = {"fat": rng.uniform(-110, -85), "muscle": rng.uniform(40, 60), "liver": rng.uniform(52, 68),
-          "spleen": rng.uniform(40, 50), "kidney": 30 + 0.3 * (aorta - 40), "aorta": aorta,
+    hu = {"fat": rng.uniform(-110, -85), "muscle": rng.uniform(40, 60), "aorta": aorta,
+          "liver": rng.uniform(48, 62) + 0.1 * (aorta - 40), "spleen": rng.uniform(40, 50),
+          "kidney": 30 + 0.3 * (aorta - 40),
           "cancellous": rng.uniform(220, 400), "cortex": rng.uniform(700, 1000)}
     harmonics = np.stack([np.arange(2, 5), rng.uniform(0.02, 0.08, 3), rng.uniform(0, 2 * np.pi, 3)], axis=1)
     return _Patient(body_axes=(rng.uniform(0.82, 0.95), rng.uniform(0.6, 0.72)), fat=rng.uniform(0.04, 0.12),
@@ -140,50 +141,55 @@ def _bowel(x, y, cavity, rng, hu, mask) -> None:
     """Round bowel loops with a wall and fluid or gas content: blob-shaped distractors in every class."""
     for _ in range(rng.integers(3, 8)):
         centre = (rng.uniform(-0.2, 0.6), rng.uniform(-0.5, 0.05))
-        radius = rng.uniform(0.05, 0.11)
+        radius = rng.uniform(0.04, 0.08)
         rho = _ellipse(x, y, centre, (radius, radius * rng.uniform(0.7, 1.0)), rng.uniform(0, np.pi))
         loop = cavity & (rho < 1)
-        content = rng.choice([rng.uniform(0, 30), -850.0, rng.uniform(-200, 10)])
+        content = rng.choice([rng.uniform(0, 30), -850.0, rng.uniform(-200, 10), rng.uniform(150, 350)])
         _paint(hu, mask, loop, 40.0)
         _paint(hu, mask, loop & (rho < 0.8), content)
 
 
-def _organs(x, y, t, p: _Patient, rng, hu, mask) -> dict[str, np.ndarray]:
-    """Liver, vessels, gallbladder, spleen, kidneys, aorta and IVC at slice depth ``t`` in [0, 1]."""
+def _liver(x, y, t, p: _Patient, rng, hu, mask) -> np.ndarray:
+    """Liver with enhancing vessels and, sometimes, a gallbladder at depth ``t``; returns the liver."""
     n = hu.shape[0]
     cx, cy, ax, ay, angle = p.liver
     scale = 1.0 - 0.3 * t
-    liver = _blob(x, y, (cx + 0.05 * t, cy + 0.04 * t), (ax * scale, ay * scale), angle, p.liver_harmonics) < 1
-    _paint(hu, mask, liver, p.hu["liver"] + 4 * _smooth_noise(rng, n, 1.5), LIVER)
+    centre, axes = (cx + 0.05 * t, cy + 0.04 * t), (ax * scale, ay * scale)
+    liver = _blob(x, y, centre, axes, angle, p.liver_harmonics) < 1
+    _paint(hu, mask, liver, p.hu["liver"] + 4 * _smooth_noise(rng, n, 1.5 * n / 128), LIVER)
     vessel_hu = 40 + (p.hu["aorta"] - 40) * rng.uniform(0.6, 1.0)
     for _ in range(rng.integers(3, 8)):
         centre = (cx + rng.uniform(-0.6, 0.6) * ax * scale, cy + rng.uniform(-0.6, 0.6) * ay * scale)
         axes = (rng.uniform(0.015, 0.04), rng.uniform(0.015, 0.08))
         _paint(hu, mask, liver & (_ellipse(x, y, centre, axes, rng.uniform(0, np.pi)) < 1), vessel_hu)
     if 0.3 < t < 0.8 and rng.random() < 0.4:  # gallbladder at the liver's medial-anterior edge
-        centre = (cx + 0.6 * ax * scale, cy - 0.5 * ay * scale)
         radius = rng.uniform(0.06, 0.1)
-        gallbladder = _ellipse(x, y, centre, (radius, 1.3 * radius), rng.uniform(-0.5, 0.5)) < 1
-        _paint(hu, mask, gallbladder, rng.uniform(0, 20), OTHER_ORGAN)
-    hosts = {"liver": mask == LIVER}
+        rho = _ellipse(x, y, (cx + 0.6 * ax * scale, cy - 0.5 * ay * scale), (radius, 1.3 * radius),
+                       rng.uniform(-0.5, 0.5))
+        _paint(hu, mask, rho < 1, rng.uniform(0, 20), OTHER_ORGAN)
+    return liver
+
+
+def _upper_abdomen(x, y, t, p: _Patient, rng, hu, mask) -> dict[str, np.ndarray]:
+    """Spleen (upper slices), kidneys (lower slices), aorta and IVC; returns lesion host regions."""
+    n = hu.shape[0]
+    hosts = {}
     spleen_scale = 1.0 - 0.6 * t
     if spleen_scale > 0.45:
         spleen = _ellipse(x, y, (p.spleen_x, 0.05), (0.2 * spleen_scale, 0.13 * spleen_scale), 0.7) < 1
-        _paint(hu, mask, spleen, p.hu["spleen"] + 3 * _smooth_noise(rng, n, 1.5), OTHER_ORGAN)
+        _paint(hu, mask, spleen, p.hu["spleen"] + 3 * _smooth_noise(rng, n, 1.5 * n / 128), OTHER_ORGAN)
         hosts["spleen"] = spleen
     kidney_scale = np.sqrt(np.clip((t - 0.2) / 0.4, 0, 1))
     if kidney_scale > 0.4:
-        kidneys = np.zeros_like(liver)
+        hosts["kidney"] = np.zeros_like(mask, dtype=bool)
         for side in (-1, 1):
             centre = (side * 0.3, p.vertebra[0] - 0.02)
-            rho = _ellipse(x, y, centre, (0.11 * kidney_scale, 0.15 * kidney_scale), side * 0.35)
-            _paint(hu, mask, rho < 1, p.hu["kidney"], OTHER_ORGAN)
+            kidney = _ellipse(x, y, centre, (0.11 * kidney_scale, 0.15 * kidney_scale), side * 0.35) < 1
+            _paint(hu, mask, kidney, p.hu["kidney"], OTHER_ORGAN)
             _paint(hu, mask, _ellipse(x, y, (centre[0] - side * 0.04, centre[1]), (0.04, 0.06)) < 1, -60.0)
-            kidneys |= rho < 1
-        hosts["kidney"] = kidneys
+            hosts["kidney"] |= kidney
     vy, vr = p.vertebra
-    aorta = _ellipse(x, y, (0.06, vy - vr - 0.07), (0.06, 0.06)) < 1
-    _paint(hu, mask, aorta, p.hu["aorta"], OTHER_ORGAN)
+    _paint(hu, mask, _ellipse(x, y, (0.06, vy - vr - 0.07), (0.06, 0.06)) < 1, p.hu["aorta"], OTHER_ORGAN)
     ivc = _ellipse(x, y, (-0.14, vy - vr - 0.09), (0.07, 0.05)) < 1
     _paint(hu, mask, ivc, 0.7 * p.hu["aorta"] + 15, OTHER_ORGAN)
     return hosts
@@ -217,48 +223,67 @@ def _lesion_rho(x, y, centre, radius, kind, rng) -> np.ndarray:
     angle = rng.uniform(0, np.pi)
     if kind == "cyst":
         return _ellipse(x, y, centre, axes, angle)
-    lobes = [(k, rng.uniform(0.08, 0.16), rng.uniform(0, 2 * np.pi)) for k in rng.choice(np.arange(3, 7), 3, False)]
+    lobes = [(k, rng.uniform(0.1, 0.18), rng.uniform(0, 2 * np.pi)) for k in 2 + rng.choice(4, 3, False)]
     reach = 2.0 * max(axes) * (1.0 + sum(a for _, a, _ in lobes))
     rho = _blob(x, y, centre, axes, angle, lobes, reach)
     window = _window(x, y, centre, reach)
     theta = np.arctan2(y[window] - centre[1], x[window] - centre[0])
-    for direction in rng.uniform(0, 2 * np.pi, rng.integers(4, 8)):  # spicules: thin radial spikes
+    for direction in rng.uniform(0, 2 * np.pi, rng.integers(3, 7)):  # spicules: thin radial spikes
         gap = np.abs(np.angle(np.exp(1j * (theta - direction))))
-        spike = np.where(gap < 0.2, rho[window] / (1 + rng.uniform(0.5, 0.9) * (1 - gap / 0.2)), np.inf)
+        spike = np.where(gap < 0.25, rho[window] / (1 + rng.uniform(0.6, 1.0) * (1 - gap / 0.25)), np.inf)
         rho[window] = np.minimum(rho[window], spike)
     return rho
 
 
-def _lesions(x, y, kind, hosts, cavity, p: _Patient, rng, hu, mask) -> list[tuple[str, np.ndarray]]:
-    """Paint 1-3 lesions of ``kind`` into host organs; returns (kind, lesion pixels) per lesion."""
+def _tumour_texture(rho: np.ndarray, n: int, rng) -> np.ndarray:
+    """Heterogeneous interior (mottled, enhancing rim around a necrotic core) of a tumour, in HU."""
+    mottle = rng.uniform(35, 55) * _smooth_noise(rng, n, rng.uniform(1.5, 2.5) * n / 128)
+    return mottle + rng.uniform(20, 40) * np.where(rho < 0.6, -1.0, 1.0)
+
+
+def _lesion_centre(host: np.ndarray, taken: np.ndarray, radius: float, rng) -> tuple[int, int] | None:
+    """A pixel deep enough inside ``host`` and a lesion radius away from lesions already painted."""
+    n = host.shape[0]
+    depth = cv2.distanceTransform(host.astype(np.uint8), cv2.DIST_L2, 3) * 2 / n  # half-FOV units
+    depth[cv2.dilate(taken.astype(np.uint8), np.ones((3, 3)), iterations=int(radius * n / 2)) > 0] = 0
+    if depth.max() == 0:
+        return None
+    candidates = np.flatnonzero(depth >= min(0.6 * radius, depth.max()))
+    row, col = np.unravel_index(rng.choice(candidates), depth.shape)
+    return int(row), int(col)
+
+
+def _lesions(x, y, kind, hosts, paintable, p: _Patient, rng, hu, mask) -> list[tuple[str, np.ndarray]]:
+    """Paint 1-3 lesions of ``kind`` into host organs; returns (kind, lesion pixels) per lesion.
+
+    Size, count, host and contrast are drawn identically for cysts and tumours; only the outline
+    (:func:`_lesion_rho`) and the zero-mean interior texture differ.
+    """
     n = hu.shape[0]
-    count = rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1])
     names = list(hosts)
     weights = np.array([6.0 if name == "liver" else 1.0 for name in names])
+    taken = np.zeros_like(paintable)
     painted: list[tuple[str, np.ndarray]] = []
-    for _ in range(count):
+    for _ in range(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1])):
         host = names[rng.choice(len(names), p=weights / weights.sum())]
         radius = rng.uniform(*LESION_RADIUS)
-        depth = cv2.distanceTransform(hosts[host].astype(np.uint8), cv2.DIST_L2, 3) * 2 / n
-        taken = np.zeros_like(cavity) if not painted else np.any([m for _, m in painted], axis=0)
-        depth[cv2.dilate(taken.astype(np.uint8), np.ones((3, 3)), iterations=int(radius * n / 2)) > 0] = 0
-        if depth.max() == 0:
+        region = hosts[host] & (mask == (LIVER if host == "liver" else OTHER_ORGAN))  # still visible
+        centre = _lesion_centre(region, taken, radius, rng)
+        if centre is None:
             continue
-        candidates = np.flatnonzero(depth >= min(0.6 * radius, depth.max()))
-        row, col = np.unravel_index(rng.choice(candidates), depth.shape)
-        rho = _lesion_rho(x, y, (x[0, col], y[row, 0]), radius, kind, rng)
-        delta = rng.choice([-1.0, 1.0]) * rng.uniform(*LESION_CONTRAST_HU)
-        base = p.hu["liver"] if host == "liver" else p.hu[host]
+        rho = _lesion_rho(x, y, (x[0, centre[1]], y[centre[0], 0]), radius, kind, rng)
+        value = p.hu[host] + rng.choice([-1.0, 1.0]) * rng.uniform(*LESION_CONTRAST_HU)
         if kind == "cyst":
-            weight, value = (rho < 1).astype(np.float32), np.full_like(hu, base + delta)
+            weight = (rho < 1).astype(np.float32)
         else:
-            weight = np.clip((1.0 - rho) / 0.15, 0, 1)
-            texture = rng.uniform(30, 45) * _smooth_noise(rng, n, rng.uniform(1.5, 2.5) * n / 128)
-            value = base + delta + texture - texture[rho < 1].mean()
-        weight = weight * cavity
+            weight = np.clip((1.0 - rho) / 0.15, 0, 1)  # infiltrative margin
+            texture = _tumour_texture(rho, n, rng)
+            value = value + texture - texture[rho < 1].mean()  # zero-mean: the mean contrast is unchanged
+        weight = weight * paintable
         hu[:] = hu * (1 - weight) + value * weight
         lesion = weight > 0.5
         mask[lesion] = LESION
+        taken |= lesion
         painted.append((kind, lesion))
     return painted
 
@@ -271,25 +296,23 @@ def render_slice(p: _Patient, t: float, kind: str, n: int, rng) -> tuple[np.ndar
     mask = np.zeros((n, n), np.uint8)
     cavity = _body_and_wall(x, y, p, rng, hu, mask)
     _bowel(x, y, cavity, rng, hu, mask)
-    hosts = _organs(x, y, t, p, rng, hu, mask)
+    hosts = {"liver": _liver(x, y, t, p, rng, hu, mask), **_upper_abdomen(x, y, t, p, rng, hu, mask)}
     _bones(x, y, p, rng, hu, mask)
-    lesions = [] if kind == "normal" else _lesions(x, y, kind, hosts, cavity, p, rng, hu, mask)
+    paintable = cavity & (mask != BONE)
+    lesions = _lesions(x, y, kind, hosts, paintable, p, rng, hu, mask) if kind != "normal" else []
     hu = cv2.GaussianBlur(hu, (0, 0), 0.7 * n / 128) + rng.normal(0, p.noise_hu, (n, n)).astype(np.float32)
     return np.clip(hu, -1024, 3071), mask, lesions
 
 
-@dataclass(frozen=True)
-class _Identity:
-    """Synthetic PHI of one patient; it goes only into DICOM tags, never into paths or side files."""
-
-    name: str
-    patient_id: str
-    birth_date: str
-    study_date: str
-    accession: str
-    study_uid: str
-    series_uid: str
-    frame_uid: str
+CT_TAGS = {  # identical in every slice: modality, pixel encoding (stored = HU + 1024), display window
+    "Modality": "CT", "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"], "Manufacturer": "SYNTHETIC",
+    "BodyPartExamined": "ABDOMEN", "PatientPosition": "HFS", "StudyID": "1", "SeriesNumber": 1,
+    "ImageOrientationPatient": [1, 0, 0, 0, 1, 0], "SamplesPerPixel": 1,
+    "PhotometricInterpretation": "MONOCHROME2",
+    "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15, "PixelRepresentation": 1,
+    "RescaleIntercept": RESCALE_INTERCEPT, "RescaleSlope": 1, "RescaleType": "HU",
+    "WindowCenter": WINDOW_CENTER, "WindowWidth": WINDOW_WIDTH,
+}
 
 
 def _uid(seed: int, *parts: object) -> str:
@@ -297,48 +320,37 @@ def _uid(seed: int, *parts: object) -> str:
     return generate_uid(entropy_srcs=["ssl-domain-transfer/demo-medical", str(seed), *map(str, parts)])
 
 
-def _draw_identity(rng: np.random.Generator, seed: int, index: int) -> _Identity:
-    """Demographics and study identifiers for patient ``index`` (fixed dates: no wall clock)."""
-    born = np.datetime64("1940-01-01") + rng.integers(0, 60 * 365)
-    studied = np.datetime64("2022-01-01") + rng.integers(0, 3 * 365)
-    return _Identity(name=f"DEMO^PATIENT{index + 1:04d}", patient_id=f"DM{rng.integers(10**6, 10**7)}",
-                     birth_date=str(born).replace("-", ""), study_date=str(studied).replace("-", ""),
-                     accession=f"ACC{rng.integers(10**7, 10**8)}", study_uid=_uid(seed, "study", index),
-                     series_uid=_uid(seed, "series", index), frame_uid=_uid(seed, "frame", index))
+def _draw_identity(rng: np.random.Generator, seed: int, index: int) -> dict[str, str]:
+    """Synthetic PHI and study UIDs of patient ``index`` as DICOM keywords (fixed dates: no wall clock).
+
+    These values go into DICOM tags only, never into paths or side files.
+    """
+    born = str(np.datetime64("1940-01-01") + rng.integers(0, 60 * 365)).replace("-", "")
+    studied = str(np.datetime64("2022-01-01") + rng.integers(0, 3 * 365)).replace("-", "")
+    return {"PatientName": f"DEMO^PATIENT{index + 1:04d}", "PatientID": f"DM{rng.integers(10**6, 10**7)}",
+            "PatientBirthDate": born, "PatientSex": str(rng.choice(["F", "M"])), "StudyDate": studied,
+            "SeriesDate": studied, "AccessionNumber": f"ACC{rng.integers(10**7, 10**8)}",
+            "StudyInstanceUID": _uid(seed, "study", index), "SeriesInstanceUID": _uid(seed, "series", index),
+            "FrameOfReferenceUID": _uid(seed, "frame", index)}
 
 
-def _slice_geometry(spec: MedicalDemoSpec) -> tuple[float, float]:
-    """(slice increment, slice thickness) in mm: the series spans ~15 cm of upper abdomen."""
-    increment = 150.0 / max(spec.slices_per_patient - 1, 1)
-    return round(increment, 3), round(min(5.0, increment), 3)
-
-
-def _dicom(hu: np.ndarray, who: _Identity, index: int, sop_uid: str, spec: MedicalDemoSpec) -> Dataset:
-    """A CT Image Storage dataset for one slice; stored values are int16 HU + 1024."""
+def _dicom(hu: np.ndarray, identity: dict, index: int, sop_uid: str, spec: MedicalDemoSpec) -> Dataset:
+    """A CT Image Storage dataset (Explicit VR Little Endian) for slice ``index`` of a series."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop_uid, "CT"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = who.study_uid, who.series_uid, who.frame_uid
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = who.name, who.patient_id, who.birth_date
-    ds.AccessionNumber, ds.StudyDate, ds.SeriesDate = who.accession, who.study_date, who.study_date
-    ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, index + 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.Manufacturer, ds.BodyPartExamined, ds.PatientPosition = "SYNTHETIC", "ABDOMEN", "HFS"
-    increment, thickness = _slice_geometry(spec)
+    for keyword, value in {**CT_TAGS, **identity}.items():
+        setattr(ds, keyword, value)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.InstanceNumber = CTImageStorage, sop_uid, index + 1
+    increment = round(150.0 / max(spec.slices_per_patient - 1, 1), 3)  # the series spans ~15 cm
     spacing = float(spec.pixel_spacing_mm)
     corner = round(-spec.image_size * spacing / 2 + spacing / 2, 3)
     z = round(-index * increment, 3)  # head-first supine: slices step caudally
-    ds.ImagePositionPatient, ds.ImageOrientationPatient = [corner, corner, z], [1, 0, 0, 0, 1, 0]
-    ds.SliceLocation, ds.SliceThickness, ds.PixelSpacing = z, thickness, [spacing, spacing]
+    ds.ImagePositionPatient, ds.SliceLocation = [corner, corner, z], z
+    ds.SliceThickness, ds.PixelSpacing = min(5.0, increment), [spacing, spacing]
     ds.Rows = ds.Columns = hu.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = RESCALE_INTERCEPT, 1, "HU"
-    ds.WindowCenter, ds.WindowWidth = WINDOW_CENTER, WINDOW_WIDTH
     ds.PixelData = (np.rint(hu) - RESCALE_INTERCEPT).astype("<i2").tobytes()
     return ds
 
@@ -356,7 +368,8 @@ def _coco(images: list[dict], lesions: list[list[tuple[str, np.ndarray]]]) -> di
             annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "bbox": [x, y, w, h],
                                 "category_id": LESION_CATEGORIES.index(kind) + 1, "area": int(rows.size),
                                 "iscrowd": 0})
-    categories = [{"id": i + 1, "name": name, "supercategory": "lesion"} for i, name in enumerate(LESION_CATEGORIES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": "lesion"}
+                  for i, name in enumerate(LESION_CATEGORIES)]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -374,7 +387,7 @@ def write_medical_demo(out_dir: Path, spec: MedicalDemoSpec, seed: int) -> None:
     folders = rng.permutation(spec.patients) + 1
     rows, images, lesions = [], [], []
     for patient in range(spec.patients):
-        anatomy, who = _draw_patient(rng), _draw_identity(rng, seed, patient)
+        anatomy, identity = _draw_patient(rng), _draw_identity(rng, seed, patient)
         for j in range(spec.slices_per_patient):
             kind = IMAGE_CLASSES[kinds[patient * spec.slices_per_patient + j]]
             t = j / (spec.slices_per_patient - 1) if spec.slices_per_patient > 1 else 0.5
@@ -382,7 +395,7 @@ def write_medical_demo(out_dir: Path, spec: MedicalDemoSpec, seed: int) -> None:
             relative = f"images/subject_{folders[patient]:03d}/study_1/slice_{j + 1:03d}.dcm"
             (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
             sop_uid = _uid(seed, "instance", patient, j)
-            _dicom(hu, who, j, sop_uid, spec).save_as(out_dir / relative, enforce_file_format=True)
+            _dicom(hu, identity, j, sop_uid, spec).save_as(out_dir / relative, enforce_file_format=True)
             mask_path = out_dir / "masks" / Path(relative).with_suffix(".png")
             mask_path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(mask_path), mask)
@@ -399,7 +412,7 @@ def _write_side_files(out_dir: Path, rows: list[tuple[str, str]], coco: dict) ->
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(["path", "label"])
         writer.writerows(sorted(rows))
-    classes = {"image_classes": list(IMAGE_CLASSES), "mask_classes": {str(k): v for k, v in MASK_CLASSES.items()},
-               "lesion_categories": list(LESION_CATEGORIES)}
+    classes = {"image_classes": list(IMAGE_CLASSES), "lesion_categories": list(LESION_CATEGORIES),
+               "mask_classes": {str(code): name for code, name in MASK_CLASSES.items()}}
     (out_dir / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
     (out_dir / "boxes.json").write_text(json.dumps(coco) + "\n")

@@ -134,7 +134,7 @@ def read_geotiff_folder(source: Path, cfg: DomainDataConfig) -> IngestedChips:
 
 
 def _chip_scene(path, relative, source, cfg, labels, out: IngestedChips, info) -> None:
-    mask_path = source / "masks" / relative
+    mask_path = _mask_for(source, relative)
     class_names = read_class_names(source, []) if mask_path.exists() else []
     for chip in iter_chips(path, cfg.chip_size, cfg.geotiff.bands):
         if chip.valid.mean() < cfg.geotiff.min_valid_fraction:
@@ -148,6 +148,12 @@ def _chip_scene(path, relative, source, cfg, labels, out: IngestedChips, info) -
         out.valid.append(chip.valid)
         out.rows.append({"source": relative, "group": relative, "label": label, "row": chip.row, "col": chip.col,
                          "crs": info.crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
+
+
+def _mask_for(source: Path, relative: str) -> Path:
+    """``masks/<relative path>``, or ``masks/<file name>`` for a flat masks folder."""
+    nested = source / "masks" / relative
+    return nested if nested.exists() else source / "masks" / Path(relative).name
 
 
 def _dominant_class(mask: np.ndarray, class_names: list[str]) -> str:

@@ -1,0 +1,123 @@
+"""Ingest of generated DICOM / GeoTIFF folders: pixel values against pydicom / rasterio, splits, no PHI."""
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import rasterio
+from pydicom.pixels import apply_modality_lut
+from rasterio.windows import Window
+
+from pipeline.config import load_config
+from pipeline.data.chips import load_chipset
+from pipeline.data.demo_medical import MedicalDemoSpec, write_medical_demo
+from pipeline.data.demo_remote import RemoteDemoSpec, write_remote_demo
+from pipeline.data.ingest import ingest_folder
+from pipeline.presets import PRESETS
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = load_config(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def medical(tmp_path_factory):
+    source, out = tmp_path_factory.mktemp("med_src"), tmp_path_factory.mktemp("med_out")
+    write_medical_demo(source, MedicalDemoSpec(patients=8, slices_per_patient=3, image_size=96), seed=1)
+    (source / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
+    report = ingest_folder(source, CONFIG.data["medical"], PRESETS["medical_ct"], 1, out)
+    return source, out, report
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    source, out = tmp_path_factory.mktemp("rem_src"), tmp_path_factory.mktemp("rem_out")
+    write_remote_demo(source, RemoteDemoSpec(scenes=2, scene_size=256), seed=1)
+    cfg = CONFIG.data["remote"].model_copy(update={"chip_size": 32})
+    cfg = cfg.model_copy(update={"geotiff": cfg.geotiff.model_copy(update={"block_size_px": 64})})
+    report = ingest_folder(source, cfg, PRESETS["remote_multispectral"], 1, out)
+    return source, out, report
+
+
+def _window01(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1 linear window, written independently, mapped to [0, 1]."""
+    return np.clip((hu - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+
+
+def test_medical_chips_match_pydicom(medical):
+    source, out, _ = medical
+    chips = load_chipset(out)
+    windows = CONFIG.data["medical"].dicom.hu_windows
+    for row in chips.manifest[:5]:
+        ds = pydicom.dcmread(source / row["source"])
+        hu = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+        expected = np.stack([_window01(hu, w.center, w.width) for w in windows], axis=-1).astype(np.float32)
+        expected = cv2.resize(expected, (64, 64), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(np.moveaxis(chips.images[int(row["chip_id"])], 0, -1), expected, atol=1e-3)
+
+
+def test_medical_split_by_patient_and_no_phi(medical):
+    source, out, report = medical
+    chips = load_chipset(out)
+    by_group: dict[str, set[str]] = {}
+    for row in chips.manifest:
+        by_group.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in by_group.values())
+    assert {"train", "val", "test"} <= set(chips.split)
+    phi = set()
+    for path in source.rglob("*.dcm"):
+        if path.name == "broken.dcm":
+            continue
+        ds = pydicom.dcmread(path)
+        phi |= {str(ds.PatientID), str(ds.PatientName), str(ds.PatientBirthDate), str(ds.AccessionNumber)}
+    written = "".join(p.read_text() for p in out.iterdir() if p.suffix in {".csv", ".json"})
+    leaked = [value for value in phi if value and value in written]
+    assert not leaked, f"raw identifiers in ingest outputs: {leaked}"
+
+
+def test_bad_file_is_reported_not_fatal(medical):
+    _, out, report = medical
+    assert [r["path"] for r in report["rejected_files"]] == ["broken.dcm"]
+    assert "broken.dcm" in json.loads((out / "ingest_report.json").read_text())["rejected_files"][0]["reason"]
+
+
+def test_normalisation_statistics_come_from_train_only(medical):
+    _, out, _ = medical
+    chips = load_chipset(out)
+    train = chips.images[chips.indices("train")]
+    everything = chips.images[:]
+    assert not np.allclose(chips.mean, np.clip(everything, 0, 1).mean(axis=(0, 2, 3)), atol=1e-6)
+    low, high = np.percentile(np.moveaxis(train, 1, 0).reshape(train.shape[1], -1), [2, 98], axis=1)
+    clipped = np.clip(np.moveaxis(train, 1, 0).reshape(train.shape[1], -1), low[:, None], high[:, None])
+    np.testing.assert_allclose(chips.mean, clipped.mean(axis=1), rtol=1e-4)
+
+
+def test_remote_chips_match_rasterio(remote):
+    source, out, _ = remote
+    chips = load_chipset(out)
+    assert chips.channel_names == ["blue", "green", "red", "nir"]
+    for row in chips.manifest[::7]:
+        with rasterio.open(source / row["source"]) as scene:
+            raw = scene.read(window=Window(int(row["col"]), int(row["row"]), 32, 32)).astype(np.float64)
+            expected = raw * np.array(scene.scales)[:, None, None] + np.array(scene.offsets)[:, None, None]
+            nodata = raw == scene.nodata
+            transform = scene.window_transform(Window(int(row["col"]), int(row["row"]), 32, 32))
+        chip = chips.images[int(row["chip_id"])]
+        np.testing.assert_allclose(chip[~nodata], np.clip(expected, 0, 1)[~nodata], atol=1e-6)
+        assert np.array_equal(chips.valid[int(row["chip_id"])], ~nodata.any(axis=0))
+        assert [float(v) for v in row["transform"].split()] == pytest.approx(list(transform)[:6])
+
+
+def test_remote_split_by_spatial_block(remote):
+    _, out, _ = remote
+    with open(out / "manifest.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    blocks: dict[tuple, set[str]] = {}
+    for row in rows:
+        blocks.setdefault((row["source"], int(row["row"]) // 64, int(row["col"]) // 64), set()).add(row["split"])
+    assert all(len(s) == 1 for s in blocks.values())
+    labelled = [row["label"] for row in rows if row["label"]]
+    assert set(labelled) <= {"water", "forest", "cropland", "urban", "grassland"} and labelled
