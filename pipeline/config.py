@@ -133,9 +133,9 @@ class LinearProbeConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    steps: PositiveInt = 40
+    steps: PositiveInt = 100
     batch_size: PositiveInt = 16
-    lr: PositiveFloat = 3e-4
+    lr: PositiveFloat = 1e-3
     head_lr_multiplier: PositiveFloat = 10.0
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
 

@@ -35,8 +35,8 @@ MASK_CLASSES = {0: "background", 1: "body", 2: "liver", 3: "other_organ", 4: "bo
 BACKGROUND, BODY, LIVER, OTHER_ORGAN, BONE, LESION = range(6)
 RESCALE_INTERCEPT = -1024  # stored value = HU + 1024
 WINDOW_CENTER, WINDOW_WIDTH = 40, 400
-LESION_RADIUS = (0.14, 0.2)  # half-FOV units: >= 4 px radius once a slice is resized to 64 px
-LESION_CONTRAST_HU = (20.0, 80.0)
+LESION_RADIUS = (0.2, 0.3)  # half-FOV units: 6-10 px radius once a slice is resized to 64 px
+LESION_CONTRAST_HU = (40.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -131,14 +131,14 @@ def _body_and_wall(x, y, p: _Patient, rng, hu, mask) -> np.ndarray:
     strands = _smooth_noise(rng, n, 2.0 * n / 128)
     visceral = p.hu["fat"] + 120 / (1 + np.exp(-4 * (strands - 1.0)))
     _paint(hu, mask, cavity, visceral)
-    cy, r = p.vertebra
     for side in (-1, 1):  # paraspinal muscles
-        _paint(hu, mask, body & (_ellipse(x, y, (side * 0.2, cy + 0.15), (0.14, 0.12)) < 1), p.hu["muscle"])
+        muscle = _ellipse(x, y, (side * 0.2, p.vertebra[0] + 0.15), (0.14, 0.12)) < 1
+        _paint(hu, mask, body & muscle, p.hu["muscle"])
     return cavity
 
 
 def _bowel(x, y, cavity, rng, hu, mask) -> None:
-    """Round bowel loops with a wall and fluid or gas content: blob-shaped distractors in every class."""
+    """Bowel loops (wall + fluid, gas, faeces or oral contrast): small round distractors in every class."""
     for _ in range(rng.integers(3, 8)):
         centre = (rng.uniform(-0.2, 0.6), rng.uniform(-0.5, 0.05))
         radius = rng.uniform(0.04, 0.08)

@@ -3,10 +3,12 @@
 Five land-cover classes (``water``, ``forest``, ``cropland``, ``urban``, ``grassland``) are painted
 as spatially correlated regions of ~1.5-3 chips, so most chips have a dominant class. Each class
 has a texture of its own (canopy blobs, oriented crop rows, buildings with shadows along streets,
-smooth meadows, rippled water), while its spectrum is blurred on purpose: every region is mixed
-towards bare soil and scaled by a random gain, and every scene by an illumination gain. Per-band
-statistics alone then separate the four land classes poorly, so a model has to use texture, which
-is what pretraining is meant to learn. Water stays spectrally distinct, as it is in reality.
+smooth meadows, rippled water), while its spectrum is blurred on purpose: every land region's mean
+spectrum is mixed towards a common soil/grass spectrum with random per-band gains, its contrast is
+redrawn from a range shared by all land classes, a smooth shading field is laid over it, and every
+scene gets an illumination gain. Per-band statistics alone then separate the four land classes
+poorly, so a model has to use texture, which is what pretraining is meant to learn. Water stays
+spectrally distinct, as it is in reality.
 
 Pixels are linear mixtures of endmember spectra (``ENDMEMBERS`` × ``SPECTRA``), so any subset of
 the bands in :data:`SPECTRA` can be written. Everything is drawn from one seeded
@@ -44,7 +46,7 @@ SPECTRA = {  # surface reflectance of each endmember, Sentinel-2-like bands
     "swir1":    (0.010, 0.150, 0.220, 0.250, 0.300, 0.250, 0.300, 0.140, 0.030),
     "swir2":    (0.008, 0.070, 0.110, 0.140, 0.250, 0.220, 0.250, 0.130, 0.020),
 }
-E = {name: i for i, name in enumerate(ENDMEMBERS)}
+ENDMEMBER_INDEX = {name: i for i, name in enumerate(ENDMEMBERS)}
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,13 @@ def _abundances(shape: tuple[int, int], **fractions) -> np.ndarray:
     """Stack named endmember fraction maps (or scalars) into (h, w, len(ENDMEMBERS)) float32."""
     out = np.zeros((*shape, len(ENDMEMBERS)), np.float32)
     for name, value in fractions.items():
-        out[..., E[name]] = value
+        out[..., ENDMEMBER_INDEX[name]] = value
     return out
 
 
 def _pure(name: str, fraction: float = 1.0) -> np.ndarray:
     """Fractions (len(ENDMEMBERS),) of a pixel covered by one endmember only (a roof, a street)."""
-    return np.eye(len(ENDMEMBERS), dtype=np.float32)[E[name]] * fraction
+    return np.eye(len(ENDMEMBERS), dtype=np.float32)[ENDMEMBER_INDEX[name]] * fraction
 
 
 def _water(rng, rows, cols, inside, chip) -> tuple[np.ndarray, list[Building]]:
@@ -233,7 +235,7 @@ def render_scene(rng: np.random.Generator, spec: RemoteDemoSpec) -> tuple[np.nda
     regions = _partition(rng, size, spec.chip_size)
     classes = rng.choice(len(LAND_COVER), int(regions.max()) + 1, p=CLASS_PROBABILITIES)
     spectra = np.array([SPECTRA[name] for name in spec.band_names], np.float32).T  # (E, B)
-    common = 0.5 * spectra[E["soil"]] + 0.5 * spectra[E["grass"]]
+    common = 0.5 * spectra[ENDMEMBER_INDEX["soil"]] + 0.5 * spectra[ENDMEMBER_INDEX["grass"]]
     reflectance = np.zeros((size, size, spectra.shape[1]), np.float32)
     buildings: list[Building] = []
     for region, cover in enumerate(classes):
