@@ -61,7 +61,7 @@ class ChipDataset(Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
         index = int(self.indices[item])
-        image = np.ascontiguousarray(self.chips.images[index], dtype=np.float32)
+        image = np.array(self.chips.images[index], dtype=np.float32)  # a writable copy of the memory-mapped chip
         return torch.from_numpy(image), int(self.chips.labels[index])
 
 
