@@ -46,6 +46,18 @@ class GridConfig(_Strict):
 class RuntimeConfig(_Strict):
     torch_threads: Annotated[int, Field(ge=0)] = 0  # 0: one per core
     num_workers: Annotated[int, Field(ge=0)] = 0  # data-loader processes for augmentation
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda:<LOCAL_RANK> when a GPU is visible
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the SimCLR model (needs a C++ compiler on CPU)
+    # How dvc.yaml starts the pretrain stage: "python", or e.g. "torchrun --standalone --nproc_per_node=4"
+    pretrain_launcher: str = "python"
+
+    @field_validator("pretrain_launcher")
+    @classmethod
+    def _known_launcher(cls, value: str) -> str:
+        if value.split()[:1] not in (["python"], ["torchrun"]):
+            raise ValueError(f"must start with 'python' or 'torchrun', got {value!r}")
+        return value
 
 
 class HUWindowConfig(_Strict):
@@ -125,6 +137,8 @@ class SimCLRConfig(_Strict):
     projection_dim: PositiveInt = 128
     knn_every_epochs: Annotated[int, Field(ge=0)] = 5  # 0 disables the kNN monitor
     knn_k: PositiveInt = 20
+    resume: bool = True  # continue an interrupted run from its checkpoint (same params only)
+    sync_batchnorm: bool = True  # under torchrun on GPUs: BN statistics over the global batch
 
 
 class LinearProbeConfig(_Strict):

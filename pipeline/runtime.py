@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,9 @@ def configure_runtime(seed: int, torch_threads: int = 0) -> None:
     pinned because the reduction order of parallel kernels depends on it.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=False)
-    threads = torch_threads or os.cpu_count() or 1
+    # Under torchrun, the ranks on one host share its cores instead of each claiming all of them.
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = torch_threads or max(1, (os.cpu_count() or 1) // ranks_here)
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -27,3 +30,39 @@ def configure_runtime(seed: int, torch_threads: int = 0) -> None:
 
 def stage_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"stages.{name}")
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where tensors live and in which precision the forward pass runs (the loss is always fp32)."""
+
+    device: torch.device = torch.device("cpu")
+    precision: str = "fp32"  # "fp32" or "bf16"
+    compile_model: bool = False  # torch.compile the training model
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast for the model's forward pass, or a disabled (no-op) context for fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def resolve_compute(
+    device: str = "auto", precision: str = "auto", local_rank: int = 0, compile_model: bool = False
+) -> Compute:
+    """Turn the ``runtime.device`` / ``runtime.precision`` params into a :class:`Compute`.
+
+    ``auto`` picks this process's GPU (``cuda:<LOCAL_RANK>`` under torchrun) when there is one, else the CPU;
+    and bf16 on a GPU that supports it, fp32 on CPU: without native bf16 units (AVX2-only CPUs such as the
+    2-core EPYC the demo is calibrated on) bf16 autocast is slower than fp32 (see README, Benchmarks).
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("runtime.device: cuda requested but torch sees no CUDA device")
+        resolved = torch.device("cuda", local_rank)
+        torch.cuda.set_device(resolved)
+    else:
+        resolved = torch.device(device)
+    if precision == "auto":
+        precision = "bf16" if resolved.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return Compute(device=resolved, precision=precision, compile_model=compile_model)

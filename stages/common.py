@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.runtime import configure_runtime
+from pipeline.runtime import Compute, configure_runtime, resolve_compute
 
 
 def start_stage(description: str, with_init: bool = False) -> tuple[Config, argparse.Namespace]:
@@ -26,3 +27,13 @@ def start_stage(description: str, with_init: bool = False) -> tuple[Config, argp
         sys.exit(f"error: {error}")
     configure_runtime(config.seed, config.runtime.torch_threads)
     return config, args
+
+
+def stage_compute(config: Config) -> Compute:
+    """Device and precision from ``runtime.*``; under torchrun each rank takes GPU ``LOCAL_RANK``."""
+    try:
+        return resolve_compute(
+            config.runtime.device, config.runtime.precision, int(os.environ.get("LOCAL_RANK", "0")), config.runtime.compile
+        )
+    except ValueError as error:
+        sys.exit(f"error: params.yaml: {error}")

@@ -7,7 +7,7 @@ from pipeline.data.chips import load_chipset
 from pipeline.models.backbone import create_backbone, provenance_dict
 from pipeline.presets import PRESETS
 from pipeline.tasks.evaluate import evaluate_backbone, evaluate_floor
-from stages.common import start_stage
+from stages.common import stage_compute, start_stage
 
 if __name__ == "__main__":
     config, args = start_stage(__doc__, with_init=True)
@@ -25,6 +25,8 @@ if __name__ == "__main__":
             return model
 
         augment = PRESETS[config.domain(domain).preset].augment
-        result = evaluate_backbone(make_backbone, chips, config.evaluate, augment, {"init": init})
+        result = evaluate_backbone(
+            make_backbone, chips, config.evaluate, augment, {"init": init}, compute=stage_compute(config)
+        )
         result["weights"] = make_backbone.provenance
     write_json(Path(config.paths.evaluate) / domain / f"{init}.json", result)

@@ -66,3 +66,25 @@ def test_unknown_preset_is_named():
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_pretrain_launcher_must_be_python_or_torchrun():
+    raw = _params()
+    raw["runtime"]["pretrain_launcher"] = "torchrun --standalone --nproc_per_node=4"
+    assert parse_config(raw).runtime.pretrain_launcher.startswith("torchrun")
+    raw["runtime"]["pretrain_launcher"] = "rm -rf /"
+    with pytest.raises(ConfigError, match=r"runtime\.pretrain_launcher: must start with"):
+        parse_config(raw)
+
+
+def test_resolve_compute_cpu_defaults_to_fp32_and_rejects_missing_cuda():
+    import torch
+
+    from pipeline.runtime import resolve_compute
+
+    compute = resolve_compute("cpu", "auto")
+    assert compute.device.type == "cpu" and compute.precision == "fp32"
+    assert resolve_compute("cpu", "bf16").autocast().fast_dtype == torch.bfloat16
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="runtime.device: cuda"):
+            resolve_compute("cuda", "auto")

@@ -85,3 +85,18 @@ def test_second_repro_is_a_no_op(tiny_repo):
     root, env = tiny_repo
     output = _run(["dvc", "status"], root, env)
     assert "changed" not in output, output
+
+
+@pytest.mark.slow
+def test_pretrain_stage_runs_unchanged_under_torchrun(tiny_repo):
+    root, env = tiny_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["paths"].update(pretrain="data/ddp/pretrain", checkpoints="data/ddp/checkpoints", reports="data/ddp/reports")
+    (root / "params_ddp.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+          "-m", "stages.pretrain", "--domain", "remote", "--params", "params_ddp.yaml"], root, env)
+    export = root / "data" / "ddp" / "pretrain" / "remote"
+    summary = json.loads((export / "summary.json").read_text())
+    assert [row["epoch"] for row in summary["history"]] == [0, 1, 2]
+    assert math.isfinite(summary["metrics"]["final_loss"])
+    assert (export / "backbone.pth").is_file() and (root / "data/ddp/checkpoints/remote/last.pt").is_file()

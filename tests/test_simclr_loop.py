@@ -1,5 +1,8 @@
 """The SimCLR loop and fine-tuning on a tiny in-memory chip set: it learns, monitors, and is deterministic."""
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,8 @@ from pipeline.config import FinetuneConfig, SimCLRConfig
 from pipeline.data.chips import ChipSet
 from pipeline.models.backbone import create_backbone
 from pipeline.models.heads import SimCLRModel
+from pipeline.runtime import Compute
+from pipeline.ssl import train
 from pipeline.ssl.train import pretrain_simclr
 from pipeline.tasks.classification import finetune_classifier
 
@@ -69,3 +74,57 @@ def test_too_few_training_chips_is_a_clear_error():
     model = SimCLRModel(create_backbone("tf_efficientnet_lite0", "random", 4)[0], 16, 8)
     with pytest.raises(ValueError, match="at least 2 training chips"):
         pretrain_simclr(model, chips, cfg, "remote_multispectral", seed=0)
+
+
+def _resumable_run(chips: ChipSet, checkpoint: Path, key: str = "params-a") -> tuple[SimCLRModel, list]:
+    cfg = SimCLRConfig(init="random", epochs=3, batch_size=8, image_size=32, knn_every_epochs=1,
+                       projection_hidden_dim=32, projection_dim=16)
+    backbone, _ = create_backbone("tf_efficientnet_lite0", "random", chips.in_chans, seed=0)
+    model = SimCLRModel(backbone, cfg.projection_hidden_dim, cfg.projection_dim)
+    history = pretrain_simclr(model, chips, cfg, "remote_multispectral", seed=0, checkpoint_path=checkpoint,
+                              resume_key=key)
+    return model, history.epochs
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
+    chips = _chips()
+    full_model, full_history = _resumable_run(chips, tmp_path / "uninterrupted.pt")
+    save = train._save_checkpoint
+
+    def save_then_crash_after_epoch_2(path, run, key):
+        save(path, run, key)
+        if run.epoch == 2:
+            raise KeyboardInterrupt  # the machine goes away right after the epoch-2 checkpoint
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(chips, tmp_path / "crashed.pt")
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="pipeline.ssl.train"):
+        resumed_model, resumed_history = _resumable_run(chips, tmp_path / "crashed.pt")
+    assert "resuming SimCLR" in caplog.text and "after epoch 2/3" in caplog.text
+    assert resumed_history == full_history
+    for key, tensor in full_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[key]), key
+
+
+def test_checkpoint_of_other_params_or_finished_run_is_not_resumed(tmp_path, caplog):
+    chips = _chips()
+    checkpoint = tmp_path / "last.pt"
+    _resumable_run(chips, checkpoint, key="params-a")
+    with caplog.at_level(logging.INFO, logger="pipeline.ssl.train"):
+        _resumable_run(chips, checkpoint, key="params-a")
+        _resumable_run(chips, checkpoint, key="params-b")
+    assert "is a finished run" in caplog.text and "belongs to other params" in caplog.text
+    assert "resuming" not in caplog.text
+
+
+def test_bf16_autocast_trains_with_an_fp32_loss():
+    chips = _chips()
+    cfg = SimCLRConfig(init="random", epochs=1, batch_size=8, image_size=32, knn_every_epochs=0,
+                       projection_hidden_dim=32, projection_dim=16)
+    model = SimCLRModel(create_backbone("tf_efficientnet_lite0", "random", 4, seed=0)[0], 32, 16)
+    history = pretrain_simclr(model, chips, cfg, "remote_multispectral", seed=0,
+                              compute=Compute(precision="bf16"))
+    assert np.isfinite(history.last("loss")) and history.last("loss") > 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast never casts the weights

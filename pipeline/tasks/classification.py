@@ -13,6 +13,7 @@ from pipeline.config import FinetuneConfig
 from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser, augment_one_view
 from pipeline.models.heads import Classifier
+from pipeline.runtime import Compute
 
 
 def finetune_classifier(
@@ -23,6 +24,7 @@ def finetune_classifier(
     cfg: FinetuneConfig,
     augment_preset: str,
     seed: int,
+    compute: Compute = Compute(),
 ) -> np.ndarray:
     """Fine-tune the whole backbone with a new head; return (len(test), K) test probabilities.
 
@@ -31,7 +33,7 @@ def finetune_classifier(
     seeded by ``seed``, so a run is reproducible on CPU.
     """
     torch.manual_seed(seed)
-    model = Classifier(backbone, len(chips.classes)).to(memory_format=torch.channels_last)
+    model = Classifier(backbone, len(chips.classes)).to(compute.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         [
             {"params": model.backbone.parameters(), "lr": cfg.lr},
@@ -52,20 +54,24 @@ def finetune_classifier(
         scheduler.step_update(step)
         batch = rng.choice(len(images), size=min(cfg.batch_size, len(images)), replace=False)
         views = np.stack([augment_one_view(transform, images[i], [seed, step, int(i)]) for i in batch])
-        logits = model(standardise(torch.from_numpy(views)))
-        loss = F.cross_entropy(logits, labels[batch])
+        with compute.autocast():
+            logits = model(standardise(torch.from_numpy(views)).to(compute.device))
+        loss = F.cross_entropy(logits.float(), labels[batch].to(compute.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return predict_proba(model, chips, test_indices)
+    return predict_proba(model, chips, test_indices, compute=compute)
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_proba(
+    model: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256, compute: Compute = Compute()
+) -> np.ndarray:
     model.eval()
     standardise = ChannelStandardiser(chips.mean, chips.std)
     outputs = []
     for start in range(0, len(indices), batch_size):
         batch = torch.from_numpy(np.asarray(chips.images[indices[start : start + batch_size]], dtype=np.float32))
-        outputs.append(model(standardise(batch)).float().softmax(dim=1))
+        with compute.autocast():
+            outputs.append(model(standardise(batch).to(compute.device)).float().softmax(dim=1).cpu())
     return torch.cat(outputs).numpy()

@@ -16,6 +16,7 @@ from pipeline.config import EvaluateConfig
 from pipeline.data.chips import ChipSet
 from pipeline.data.subsets import label_subset
 from pipeline.metrics import classification_metrics, summarise_runs
+from pipeline.runtime import Compute
 from pipeline.tasks.classification import finetune_classifier
 from pipeline.tasks.floor import image_statistics
 from pipeline.tasks.probe import extract_features, linear_probe_proba
@@ -54,18 +55,22 @@ def _result(runs_by_protocol: dict[str, list[dict]], cfg: EvaluateConfig, n_test
 
 
 def evaluate_backbone(
-    make_backbone: Callable[[], nn.Module], chips: ChipSet, cfg: EvaluateConfig, augment_preset: str, extra: dict
+    make_backbone: Callable[[], nn.Module], chips: ChipSet, cfg: EvaluateConfig, augment_preset: str, extra: dict,
+    compute: Compute = Compute(),
 ) -> dict:
     """Linear probe on frozen features + fine-tuning, per seed. ``make_backbone`` returns fresh weights."""
     train, test = _labelled_splits(chips)
     backbone = make_backbone()
     linear = _linear_runs(
-        chips, train, test, extract_features(backbone, chips, train), extract_features(backbone, chips, test), cfg
+        chips, train, test, extract_features(backbone, chips, train, compute=compute),
+        extract_features(backbone, chips, test, compute=compute), cfg,
     )
     finetune = []
     for seed in cfg.seeds:
         subset = train[label_subset(chips.labels[train], cfg.label_fraction, seed)]
-        proba = finetune_classifier(make_backbone(), chips, subset, test, cfg.finetune, augment_preset, seed)
+        proba = finetune_classifier(
+            make_backbone(), chips, subset, test, cfg.finetune, augment_preset, seed, compute=compute
+        )
         finetune.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
         log.info("fine-tune seed %d: %s", seed, {k: round(v, 3) for k, v in finetune[-1].items()})
     return _result({"linear": linear, "finetune": finetune}, cfg, len(test), extra)

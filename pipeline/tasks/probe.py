@@ -13,18 +13,22 @@ from torch.utils.data import DataLoader
 
 from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser, ChipDataset
+from pipeline.runtime import Compute
 
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256
+    backbone: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256, compute: Compute = Compute()
 ) -> np.ndarray:
     """Pooled representation h of each chip, (len(indices), F) float32, backbone in eval mode."""
     was_training = backbone.training
-    backbone.eval()
+    backbone.eval().to(compute.device)
     standardise = ChannelStandardiser(chips.mean, chips.std)
     loader = DataLoader(ChipDataset(chips, indices), batch_size=batch_size, shuffle=False)
-    features = [backbone(standardise(images)).float() for images, _ in loader]
+    features = []
+    for images, _ in loader:
+        with compute.autocast():
+            features.append(backbone(standardise(images).to(compute.device)).float().cpu())
     backbone.train(was_training)
     if not features:
         return np.zeros((0, getattr(backbone, "num_features", 0)), dtype=np.float32)
