@@ -155,7 +155,9 @@ class FinetuneConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    label_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1
+    label_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1  # headline: linear probe and fine-tuning
+    # label-efficiency curve (linear probe and floor; features are extracted once, so these are cheap)
+    label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = [0.01, 0.1, 1.0]
     seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
     linear: LinearProbeConfig = LinearProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()

@@ -11,6 +11,22 @@ from typing import Literal
 
 
 @dataclass(frozen=True)
+class DisplaySpec:
+    """How the report shows a chip to a person.
+
+    Attributes:
+        rgb: channel names composited as R, G, B (true colour); empty = the first channel in grey.
+        false_colour: a second composite (e.g. NIR-R-G, vegetation red); empty = none.
+        stretch: 2–98 % percentile stretch per composite (dark reflectance); off for CT, whose HU window
+            already is the display mapping.
+    """
+
+    rgb: tuple[str, ...] = ()
+    false_colour: tuple[str, ...] = ()
+    stretch: bool = False
+
+
+@dataclass(frozen=True)
 class DomainPreset:
     """How one kind of imagery is read, split, augmented and generated for the demo.
 
@@ -21,6 +37,7 @@ class DomainPreset:
         augment: key of :data:`pipeline.augment.AUGMENT_PRESETS`.
         demo: which demo generator writes this domain's embedded example data.
         description: one line for reports.
+        display: how the report draws its chips.
     """
 
     reader: Literal["dicom", "geotiff"]
@@ -28,6 +45,7 @@ class DomainPreset:
     augment: str
     demo: Literal["medical", "remote"]
     description: str
+    display: DisplaySpec = DisplaySpec()
 
 
 PRESETS: dict[str, DomainPreset] = {
@@ -37,6 +55,7 @@ PRESETS: dict[str, DomainPreset] = {
         augment="medical_ct",
         demo="medical",
         description="CT slices (DICOM), HU windows stacked as channels, split by patient",
+        display=DisplaySpec(),  # the first HU window (soft tissue by default), grey
     ),
     "remote_multispectral": DomainPreset(
         reader="geotiff",
@@ -44,5 +63,6 @@ PRESETS: dict[str, DomainPreset] = {
         augment="remote_multispectral",
         demo="remote",
         description="multispectral GeoTIFF scenes cut into chips, split by spatial block",
+        display=DisplaySpec(rgb=("red", "green", "blue"), false_colour=("nir", "red", "green"), stretch=True),
     ),
 }

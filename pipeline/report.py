@@ -1,47 +1,109 @@
-"""Aggregate per-run results into one metrics file (for `dvc exp show`) and a Markdown comparison.
+"""Aggregate per-run results into one metrics file (for `dvc exp show`) and the comparison tables.
 
 ``metrics.json`` nests domain → task → init → protocol → metric, so experiment columns read
-``medical.cls.simclr.linear.auroc``. Every number in ``report.md`` is read from stage outputs.
+``medical.cls.simclr.linear.auroc``; label-efficiency runs are protocols too (``linear_1pct``).
+Every number in the report is read from stage outputs; every conclusion sentence is computed from the
+means and 95 % CIs and says "no significant difference" when the intervals overlap.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import read_json
 from pipeline.metrics import CLASSIFICATION_METRICS
+from pipeline.tasks.evaluate import fraction_key
 
 INIT_ORDER = ("floor", "random", "imagenet", "simclr")
 PROTOCOLS = ("linear", "finetune")
+HEADLINE_METRIC = "auroc"
 
 
-def collect_metrics(evaluate_dir: Path, pretrain_dir: Path, domains: list[str]) -> dict:
-    """Read every ``<evaluate_dir>/<domain>/<init>.json`` and pretrain summary into the nested metrics."""
-    metrics: dict = {}
+@dataclass
+class Table:
+    """A rendered-format-neutral table: Markdown and HTML are drawn from the same cells."""
+
+    header: list[str]
+    rows: list[list[str]]
+    bold: list[list[bool]]
+
+
+def read_results(evaluate_dir: Path, domains: list[str]) -> dict[str, dict[str, dict]]:
+    """domain → init → the evaluate stage's JSON, for every result file present."""
+    results: dict[str, dict[str, dict]] = {}
     for domain in domains:
-        cls = {}
+        results[domain] = {}
         for init in INIT_ORDER:
             path = evaluate_dir / domain / f"{init}.json"
             if path.exists():
-                cls[init] = read_json(path)["summary"]
-        metrics[domain] = {"cls": cls}
+                results[domain][init] = read_json(path)
+    return results
+
+
+def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path) -> dict:
+    """The nested metrics file: each init's per-protocol summary, plus SimCLR's pretraining monitors."""
+    metrics: dict = {}
+    for domain, by_init in results.items():
+        metrics[domain] = {"cls": {init: result["summary"] for init, result in by_init.items()}}
         summary = pretrain_dir / domain / "summary.json"
         if summary.exists():
             metrics[domain]["pretrain"] = read_json(summary)["metrics"]
     return metrics
 
 
-def _cell(summary: dict, metric: str, best: bool) -> str:
-    mean, half = summary.get(metric, math.nan), summary.get(f"{metric}_ci95", math.nan)
-    if math.isnan(mean):
-        return "–"
-    text = f"{mean:.3f} ± {half:.3f}"
-    return f"**{text}**" if best else text
+def _mean_ci(summary: dict, metric: str) -> tuple[float, float]:
+    return summary.get(metric, math.nan), summary.get(f"{metric}_ci95", math.nan)
 
 
-def _conclusion(cls: dict, protocol: str, metric: str = "auroc") -> str:
-    """One sentence comparing SimCLR with ImageNet and random init, following the CIs."""
+def _format(mean: float, half: float) -> str:
+    return "–" if math.isnan(mean) else f"{mean:.3f} ± {half:.3f}"
+
+
+def _table(row_names: list[str], columns: list[tuple[str, str, str]], cls: dict) -> Table:
+    """Rows = inits, columns = (title, protocol, metric); the best mean per column is marked."""
+    rows, bold = [], []
+    best = {}
+    for _, protocol, metric in columns:
+        means = [cls[i][protocol][metric] for i in row_names if protocol in cls[i] and not math.isnan(cls[i][protocol][metric])]
+        best[(protocol, metric)] = max(means, default=None)
+    for init in row_names:
+        cells, marks = [init], [False]
+        for _, protocol, metric in columns:
+            mean, half = _mean_ci(cls[init].get(protocol, {}), metric)
+            cells.append(_format(mean, half))
+            marks.append(not math.isnan(mean) and mean == best[(protocol, metric)])
+        rows.append(cells)
+        bold.append(marks)
+    return Table(header=["init", *[title for title, _, _ in columns]], rows=rows, bold=bold)
+
+
+def classification_table(cls: dict) -> Table:
+    """Headline label fraction: every metric, linear probe and fine-tuning, per init."""
+    columns = [(f"{p} {m}", p, m) for p in PROTOCOLS for m in CLASSIFICATION_METRICS]
+    return _table([i for i in INIT_ORDER if i in cls], columns, cls)
+
+
+def label_efficiency_table(cls: dict, fractions: list[float], metric: str = HEADLINE_METRIC) -> Table:
+    """Linear-probe ``metric`` at each label fraction, per init."""
+    columns = [(f"{fraction:.0%} labels" if fraction >= 0.01 else f"{fraction:.1%} labels",
+                fraction_key("linear", fraction), metric) for fraction in fractions]
+    return _table([i for i in INIT_ORDER if i in cls], columns, cls)
+
+
+def label_efficiency_curves(cls: dict, fractions: list[float], metric: str = HEADLINE_METRIC) -> dict:
+    """init → [(fraction, mean, ci95)] for the linear probe, as the label-efficiency figure draws it."""
+    curves = {}
+    for init in INIT_ORDER:
+        if init in cls:
+            points = [(f, *_mean_ci(cls[init].get(fraction_key("linear", f), {}), metric)) for f in fractions]
+            curves[init] = [point for point in points if not math.isnan(point[1])]
+    return curves
+
+
+def compare(cls: dict, protocol: str, metric: str = HEADLINE_METRIC, setting: str = "") -> str:
+    """One sentence: SimCLR against ImageNet and random init under ``protocol``, judged by the CIs."""
     simclr = cls.get("simclr", {}).get(protocol)
     if not simclr:
         return ""
@@ -51,45 +113,28 @@ def _conclusion(cls: dict, protocol: str, metric: str = "auroc") -> str:
         if not ref:
             continue
         diff = simclr[metric] - ref[metric]
-        overlap = abs(diff) <= simclr[f"{metric}_ci95"] + ref[f"{metric}_ci95"]
-        verdict = "no significant difference from" if overlap else ("beats" if diff > 0 else "is worse than")
-        parts.append(f"{verdict} {other} init ({diff:+.3f} {metric.upper()}"
-                     f"{', CIs overlap' if overlap else ', CIs do not overlap'})")
-    return f"{protocol.capitalize()}: SimCLR " + "; ".join(parts) + "." if parts else ""
+        spread = simclr[f"{metric}_ci95"] + ref[f"{metric}_ci95"]
+        if spread == 0:  # e.g. 100 % labels: every seed fits the same labelled set, so there is no CI to judge by
+            parts.append(f"differs from {other} init by {diff:+.3f} {metric.upper()} "
+                         "(every seed used the same labels: no CI, no significance claim)")
+        elif abs(diff) <= spread:
+            parts.append(f"shows no significant difference from {other} init ({diff:+.3f} {metric.upper()}, CIs overlap)")
+        else:
+            verb = "beats" if diff > 0 else "is worse than"
+            parts.append(f"{verb} {other} init by {abs(diff):.3f} {metric.upper()} (CIs do not overlap)")
+    return f"{setting}SimCLR " + "; ".join(parts) + "." if parts else ""
 
 
-def classification_table(cls: dict) -> list[str]:
-    header = ["init", *[f"{p} {m}" for p in PROTOCOLS for m in CLASSIFICATION_METRICS]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    best = {(p, m): max((cls[i][p][m] for i in cls if p in cls[i] and not math.isnan(cls[i][p][m])), default=None)
-            for p in PROTOCOLS for m in CLASSIFICATION_METRICS}
-    for init in INIT_ORDER:
-        if init not in cls:
-            continue
-        cells = [init]
-        for protocol in PROTOCOLS:
-            summary = cls[init].get(protocol, {})
-            for metric in CLASSIFICATION_METRICS:
-                cells.append(_cell(summary, metric, summary.get(metric) == best[(protocol, metric)]))
-        lines.append("| " + " | ".join(cells) + " |")
+def conclusions(cls: dict, label_fraction: float, fractions: list[float]) -> list[str]:
+    """The sentences under a domain's tables: headline protocols, then each label fraction."""
+    sentences = [compare(cls, protocol, setting=f"{protocol.capitalize()}, {label_fraction:.0%} labels: ")
+                 for protocol in PROTOCOLS]
+    sentences += [compare(cls, fraction_key("linear", f), setting=f"Linear probe, {f:.0%} labels: ") for f in fractions]
+    return [sentence for sentence in sentences if sentence]
+
+
+def markdown_table(table: Table) -> list[str]:
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    for cells, marks in zip(table.rows, table.bold):
+        lines.append("| " + " | ".join(f"**{c}**" if b else c for c, b in zip(cells, marks)) + " |")
     return lines
-
-
-def render_markdown(metrics: dict, context: dict) -> str:
-    """The report: one table per domain (mean ± 95 % CI over seeds, best per column in bold)."""
-    lines = ["# SimCLR vs ImageNet vs random initialisation", ""]
-    lines += [f"- {key}: {value}" for key, value in context.items()]
-    for domain, sections in metrics.items():
-        lines += ["", f"## {domain}: classification", ""]
-        lines += classification_table(sections["cls"])
-        lines.append("")
-        for protocol in PROTOCOLS:
-            sentence = _conclusion(sections["cls"], protocol)
-            if sentence:
-                lines.append(f"- {sentence}")
-        pretrain = sections.get("pretrain")
-        if pretrain:
-            lines += ["", "SimCLR pretraining: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(pretrain.items()))]
-    lines += ["", "Floor: logistic regression on per-channel mean, std and 5/50/95 percentiles.",
-              "Linear: logistic regression on frozen pooled features. Fine-tune: whole network, linear head.", ""]
-    return "\n".join(lines)

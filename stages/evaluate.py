@@ -1,5 +1,6 @@
 """DVC stage: classification with one initialisation (simclr / imagenet / random) or the floor."""
 
+import time
 from pathlib import Path
 
 from pipeline.atomic import write_json
@@ -11,6 +12,7 @@ from stages.common import stage_compute, start_stage
 
 if __name__ == "__main__":
     config, args = start_stage(__doc__, with_init=True)
+    started = time.perf_counter()
     domain, init = args.domain, args.init
     chips = load_chipset(Path(config.paths.ingest) / domain)
     if init == "floor":
@@ -29,4 +31,5 @@ if __name__ == "__main__":
             make_backbone, chips, config.evaluate, augment, {"init": init}, compute=stage_compute(config)
         )
         result["weights"] = make_backbone.provenance
+    result["wall_s"] = round(time.perf_counter() - started, 1)  # provenance only; never part of metrics.json
     write_json(Path(config.paths.evaluate) / domain / f"{init}.json", result)

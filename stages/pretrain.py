@@ -6,6 +6,7 @@ data-parallel ranks; only rank 0 logs, checkpoints and writes the outputs.
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from dvclive import Live
@@ -32,6 +33,7 @@ def resume_key(config, domain: str, chips, world_size: int) -> str:
 
 def main() -> None:
     config, args = start_stage(__doc__)
+    started = time.perf_counter()
     cfg, domain = config.simclr, args.domain
     compute = stage_compute(config)
     context = init_distributed(compute.device.type)
@@ -64,6 +66,7 @@ def main() -> None:
         })
         write_json(out / "summary.json", {
             "history": history.epochs, "start": provenance_dict(provenance),
+            "wall_s": round(time.perf_counter() - started, 1),  # provenance only; never part of metrics.json
             "metrics": {"final_loss": history.last("loss"), "final_top1": history.last("top1"),
                         "final_embedding_std": history.last("embedding_std"),
                         "knn_acc": history.last("knn_acc"), "knn_acc_before": history.epochs[0].get("knn_acc", float("nan"))},

@@ -1,25 +1,45 @@
-"""DVC stage: one metrics file for `dvc exp show` and the Markdown comparison report."""
+"""DVC stage: one metrics file for `dvc exp show`, label-efficiency CSVs, figures, report.md and report.html."""
 
+import hashlib
 import platform
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-from pipeline.atomic import atomic_file, write_json
-from pipeline.report import collect_metrics, render_markdown
+from pipeline.presets import PRESETS
+from pipeline.report_build import ReportInputs, build_report
 from stages.common import start_stage
 
+LIBRARIES = ("torch", "torchvision", "timm", "albumentations", "pydicom", "rasterio", "scikit-learn", "dvc")
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)} × {torch.cuda.device_count()}"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"CPU {names[0] if names else platform.machine()}, {len(names) or '?'} cores, no GPU"
+
+
 if __name__ == "__main__":
-    config, _ = start_stage(__doc__)
-    reports = Path(config.paths.reports)
-    metrics = collect_metrics(Path(config.paths.evaluate), Path(config.paths.pretrain), config.grid.domains)
-    write_json(reports / "metrics.json", metrics)
-    context = {
-        "seed": config.seed, "backbone": config.model.backbone, "label fraction": config.evaluate.label_fraction,
-        "evaluation seeds": list(config.evaluate.seeds), "SimCLR": f"{config.simclr.epochs} epochs, batch "
-        f"{config.simclr.batch_size}, τ {config.simclr.temperature}, {config.simclr.image_size} px",
-        "software": f"python {platform.python_version()}, torch {torch.__version__}",
-        "cpu": platform.processor() or platform.machine(),
+    config, args = start_stage(__doc__)
+    params_text = Path(args.params).read_bytes()
+    simclr = config.simclr
+    provenance = {
+        "params": f"{args.params} sha256 {hashlib.sha256(params_text).hexdigest()[:12]}; seed {config.seed}",
+        "backbone": f"{config.model.backbone} (ImageNet weights: {config.model.imagenet_weights})",
+        "SimCLR": f"start {simclr.init}, {simclr.epochs} epochs, batch {simclr.batch_size}, τ {simclr.temperature}, "
+                  f"{simclr.image_size} px, {simclr.optimizer} lr {simclr.lr}",
+        "evaluation": f"seeds {list(config.evaluate.seeds)}, fine-tune {config.evaluate.finetune.steps} steps",
+        "software": f"python {platform.python_version()}, " + ", ".join(f"{name} {version(name)}" for name in LIBRARIES),
+        "hardware": f"{hardware()}, {torch.get_num_threads()} torch threads",
     }
-    with atomic_file(reports / "report.md") as stream:
-        stream.write(render_markdown(metrics, context))
+    build_report(ReportInputs(
+        evaluate_dir=Path(config.paths.evaluate), pretrain_dir=Path(config.paths.pretrain),
+        ingest_dir=Path(config.paths.ingest), reports_dir=Path(config.paths.reports),
+        domains={domain: PRESETS[config.domain(domain).preset] for domain in config.grid.domains},
+        label_fraction=config.evaluate.label_fraction, label_fractions=list(config.evaluate.label_fractions),
+        seed=config.seed, image_size=simclr.image_size, projection_dim=simclr.projection_dim, provenance=provenance,
+    ))

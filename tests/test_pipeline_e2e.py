@@ -16,7 +16,8 @@ TINY = {
     "demo": {"medical": {"patients": 10, "slices_per_patient": 3, "image_size": 64},
              "remote": {"scenes": 2, "scene_size": 256}},
     "simclr": {"epochs": 2, "batch_size": 16, "image_size": 32, "knn_every_epochs": 1},
-    "evaluate": {"seeds": [0, 1], "label_fraction": 0.5, "finetune": {"steps": 2, "batch_size": 8}},
+    "evaluate": {"seeds": [0, 1], "label_fraction": 0.5, "label_fractions": [0.5, 1.0],
+                 "finetune": {"steps": 2, "batch_size": 8}},
 }
 EXPECTED_INITS = {"simclr": ("linear", "finetune"), "imagenet": ("linear", "finetune"),
                   "random": ("linear", "finetune"), "floor": ("linear",)}
@@ -69,6 +70,11 @@ def test_metrics_file_has_every_key(tiny_repo):
                     assert 0.0 <= value <= 1.0
     report = (root / "reports" / "report.md").read_text()
     assert "medical" in report and "simclr" in report and "±" in report
+    assert "data:image/png;base64" in (root / "reports" / "report.html").read_text()
+    for domain in ("medical", "remote"):
+        for figure in ("label_efficiency", "pretrain", "augmentations", "confusion", "embedding"):
+            assert (root / "reports" / "figures" / f"{figure}_{domain}.png").stat().st_size > 5000
+        assert metrics[domain]["cls"]["simclr"]["linear_100pct"]["auroc"] >= 0
 
 
 @pytest.mark.slow

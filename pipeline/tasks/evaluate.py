@@ -10,6 +10,9 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from pipeline.config import EvaluateConfig
@@ -31,27 +34,65 @@ def _labelled_splits(chips: ChipSet) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-def _linear_runs(chips, train, test, train_features, test_features, cfg: EvaluateConfig) -> list[dict]:
-    runs = []
+def fraction_key(protocol: str, fraction: float) -> str:
+    """Protocol name of a label-efficiency run, safe as a DVC column: ``linear_1pct``, ``linear_2_5pct``."""
+    percent = f"{fraction * 100:g}".replace(".", "_")
+    return f"{protocol}_{percent}pct"
+
+
+def _linear_runs(chips, train, test, train_features, test_features, cfg: EvaluateConfig, fraction: float):
+    """Linear probe per seed at one label fraction; also returns the seeds' summed confusion matrix."""
+    runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
     for seed in cfg.seeds:
-        subset = label_subset(chips.labels[train], cfg.label_fraction, seed)
+        subset = label_subset(chips.labels[train], fraction, seed)
         proba = linear_probe_proba(
             train_features[subset], chips.labels[train][subset], test_features, len(chips.classes),
             cfg.linear.inverse_regularisation, cfg.linear.max_iter,
         )
         runs.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
-    return runs
+        confusion += confusion_counts(chips.labels[test], proba)
+    return runs, confusion
+
+
+def _linear_protocols(chips, train, test, train_features, test_features, cfg: EvaluateConfig):
+    """The headline linear probe plus one run per ``evaluate.label_fractions`` (features extracted once)."""
+    runs, confusion = _linear_runs(chips, train, test, train_features, test_features, cfg, cfg.label_fraction)
+    by_protocol = {"linear": runs}
+    for fraction in cfg.label_fractions:
+        by_protocol[fraction_key("linear", fraction)] = _linear_runs(
+            chips, train, test, train_features, test_features, cfg, fraction
+        )[0]
+    return by_protocol, confusion
+
+
+def confusion_counts(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """(K, K) counts, rows = true class, columns = predicted class."""
+    classes = proba.shape[1]
+    return np.bincount(y_true * classes + proba.argmax(axis=1), minlength=classes * classes).reshape(classes, classes)
 
 
 def _result(runs_by_protocol: dict[str, list[dict]], cfg: EvaluateConfig, n_test: int, extra: dict) -> dict:
     return {
         "label_fraction": cfg.label_fraction,
+        "label_fractions": list(cfg.label_fractions),
         "seeds": list(cfg.seeds),
         "n_test": n_test,
         "per_seed": runs_by_protocol,
         "summary": {protocol: summarise_runs(runs) for protocol, runs in runs_by_protocol.items()},
         **extra,
     }
+
+
+def embedding_2d(features: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """t-SNE map of test features (standardised, PCA to ≤ 50 dims first, as t-SNE practice recommends)."""
+    if len(features) < 5:
+        return {"x": [], "y": [], "label": []}
+    reduced = PCA(n_components=min(50, *features.shape), random_state=seed).fit_transform(
+        StandardScaler().fit_transform(features)
+    )
+    perplexity = float(min(30, (len(features) - 1) / 3))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    return {"x": points[:, 0].round(3).tolist(), "y": points[:, 1].round(3).tolist(), "label": labels.tolist()}
 
 
 def evaluate_backbone(
@@ -61,23 +102,28 @@ def evaluate_backbone(
     """Linear probe on frozen features + fine-tuning, per seed. ``make_backbone`` returns fresh weights."""
     train, test = _labelled_splits(chips)
     backbone = make_backbone()
-    linear = _linear_runs(
-        chips, train, test, extract_features(backbone, chips, train, compute=compute),
-        extract_features(backbone, chips, test, compute=compute), cfg,
-    )
-    finetune = []
+    train_features = extract_features(backbone, chips, train, compute=compute)
+    test_features = extract_features(backbone, chips, test, compute=compute)
+    runs, linear_confusion = _linear_protocols(chips, train, test, train_features, test_features, cfg)
+    finetune, finetune_confusion = [], np.zeros_like(linear_confusion)
     for seed in cfg.seeds:
         subset = train[label_subset(chips.labels[train], cfg.label_fraction, seed)]
         proba = finetune_classifier(
             make_backbone(), chips, subset, test, cfg.finetune, augment_preset, seed, compute=compute
         )
         finetune.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
+        finetune_confusion += confusion_counts(chips.labels[test], proba)
         log.info("fine-tune seed %d: %s", seed, {k: round(v, 3) for k, v in finetune[-1].items()})
-    return _result({"linear": linear, "finetune": finetune}, cfg, len(test), extra)
+    extra = {**extra, "confusion": {"linear": linear_confusion.tolist(), "finetune": finetune_confusion.tolist()},
+             "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0])}
+    return _result({**runs, "finetune": finetune}, cfg, len(test), extra)
 
 
 def evaluate_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
     """The image-statistics floor with the same label subsets and linear probe as the backbones."""
     train, test = _labelled_splits(chips)
-    runs = _linear_runs(chips, train, test, image_statistics(chips, train), image_statistics(chips, test), cfg)
-    return _result({"linear": runs}, cfg, len(test), {"init": "floor", "features": "per-channel mean, std, p5/p50/p95"})
+    runs, confusion = _linear_protocols(
+        chips, train, test, image_statistics(chips, train), image_statistics(chips, test), cfg
+    )
+    extra = {"init": "floor", "features": "per-channel mean, std, p5/p50/p95", "confusion": {"linear": confusion.tolist()}}
+    return _result(runs, cfg, len(test), extra)

@@ -1,0 +1,177 @@
+"""Assemble the report from stage outputs: metrics file, label-efficiency CSVs, figures, Markdown and HTML.
+
+Reads only what earlier stages wrote (evaluate JSONs, pretrain summaries, the ingest chip cache for the
+augmentation gallery), so re-running the report never re-trains anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import figures
+from pipeline.atomic import atomic_file, read_json, write_json
+from pipeline.augment import TwoViewTransform
+from pipeline.data.chips import load_chipset
+from pipeline.display import display_views
+from pipeline.presets import DomainPreset
+from pipeline.report import (
+    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, conclusions, label_efficiency_curves,
+    label_efficiency_table, read_results,
+)
+from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
+from pipeline.ssl.train import embedding_std_reference
+
+GALLERY_CHIPS = 4
+DATA_FILES = ("manifest.csv", "stats.json", "chips.npy")
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    evaluate_dir: Path
+    pretrain_dir: Path
+    ingest_dir: Path
+    reports_dir: Path
+    domains: dict[str, DomainPreset]  # domain → its preset (augmentation, display)
+    label_fraction: float
+    label_fractions: list[float]
+    seed: int
+    image_size: int  # SimCLR view size, for the augmentation gallery
+    projection_dim: int
+    provenance: dict[str, str] = field(default_factory=dict)  # params, versions, hardware: from the stage
+
+
+def build_report(inputs: ReportInputs) -> dict:
+    """Write every report file; return the metrics written to ``metrics.json``."""
+    results = read_results(inputs.evaluate_dir, list(inputs.domains))
+    metrics = collect_metrics(results, inputs.pretrain_dir)
+    write_json(inputs.reports_dir / "metrics.json", metrics)
+    document = Document("SimCLR vs ImageNet vs random initialisation")
+    document.add(Heading("Provenance"), Bullets(_provenance(inputs, results)))
+    for domain, preset in inputs.domains.items():
+        _domain_section(document, inputs, domain, preset, results[domain], metrics[domain])
+    document.add(Heading("Protocols"), Bullets([
+        "Floor: logistic regression on per-channel mean, std and 5/50/95 percentiles of each chip.",
+        "Linear: logistic regression on standardised frozen pooled features. Fine-tune: whole network + linear head.",
+        "Mean ± 95 % Student-t CI over the evaluation seeds; each seed draws its own nested, stratified label subset.",
+    ]))
+    with atomic_file(inputs.reports_dir / "report.md") as stream:
+        stream.write(render_markdown(document, inputs.reports_dir))
+    with atomic_file(inputs.reports_dir / "report.html") as stream:
+        stream.write(render_html(document))
+    return metrics
+
+
+def _domain_section(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset,
+                    results: dict[str, dict], metrics: dict) -> None:
+    cls = metrics["cls"]
+    figure_dir = inputs.reports_dir / "figures"
+    document.add(Heading(f"{domain}: classification"), Paragraph(
+        f"{preset.description}. Test chips: {next(iter(results.values()))['n_test'] if results else 0}; "
+        f"headline label fraction {inputs.label_fraction:.0%}; best mean per column in bold."))
+    document.add(classification_table(cls), Bullets(conclusions(cls, inputs.label_fraction, inputs.label_fractions)))
+    curves = label_efficiency_curves(cls, inputs.label_fractions)
+    _write_curve_csv(inputs.reports_dir / "label_efficiency" / f"{domain}.csv", curves)
+    document.add(Heading(f"{domain}: label efficiency (linear probe, {HEADLINE_METRIC.upper()})", 3),
+                 label_efficiency_table(cls, inputs.label_fractions),
+                 Figure(figures.label_efficiency(curves, HEADLINE_METRIC, figure_dir / f"label_efficiency_{domain}.png",
+                                                 f"{domain}: linear probe vs labels"),
+                        f"{domain}: linear-probe {HEADLINE_METRIC.upper()} vs fraction of training labels, 95 % CI bands"))
+    _pretrain_block(document, inputs, domain, figure_dir)
+    chips = load_chipset(inputs.ingest_dir / domain)
+    _gallery_block(document, inputs, domain, preset, chips, figure_dir)
+    _confusion_and_embedding_blocks(document, domain, results, chips.classes, figure_dir)
+
+
+def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figure_dir: Path) -> None:
+    summary_path = inputs.pretrain_dir / domain / "summary.json"
+    if not summary_path.exists():
+        return
+    summary = read_json(summary_path)
+    monitors = summary["metrics"]
+    document.add(Heading(f"{domain}: SimCLR pretraining", 3), Figure(
+        figures.training_curves(summary["history"], figure_dir / f"pretrain_{domain}.png", f"{domain}: SimCLR",
+                                embedding_std_reference(inputs.projection_dim)),
+        f"{domain}: SimCLR monitors per epoch (epoch 0 = starting weights)"), Bullets([
+        f"kNN accuracy on the validation chips: {monitors['knn_acc_before']:.3f} before → {monitors['knn_acc']:.3f} after",
+        f"final loss {monitors['final_loss']:.3f}, contrastive top-1 {monitors['final_top1']:.3f}, "
+        f"embedding std {monitors['final_embedding_std']:.3f} (collapse → 0; uniform ≈ "
+        f"{embedding_std_reference(inputs.projection_dim):.3f})",
+    ]))
+
+
+def _gallery_block(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset, chips,
+                   figure_dir: Path) -> None:
+    """A few training chips per class and their two SimCLR views, drawn as the preset says."""
+    train = chips.indices("train")
+    picks = [int(train[chips.labels[train] == c][0]) for c in range(len(chips.classes)) if (chips.labels[train] == c).any()]
+    picks = (picks or [int(i) for i in train])[:GALLERY_CHIPS]
+    if not picks:
+        return
+    transform = TwoViewTransform(preset.augment, inputs.image_size, inputs.seed)
+    rows = []
+    for index in picks:
+        chip = np.asarray(chips.images[index], dtype=np.float32)
+        view_a, view_b = transform(np.ascontiguousarray(chip.transpose(1, 2, 0)), index=index, epoch=1)
+        original = display_views(chip, chips.channel_names, preset.display)
+        rows.append([original[0], *original[1:], *(display_views(v, chips.channel_names, preset.display)[0]
+                                                    for v in (view_a, view_b))])
+    titles = ["chip", *(["false colour"] if len(rows[0]) == 4 else []), "view a", "view b"]
+    document.add(Heading(f"{domain}: augmentations", 3), Figure(
+        figures.augmentation_gallery(rows, titles, figure_dir / f"augmentations_{domain}.png", f"{domain}: two views"),
+        f"{domain}: training chips and two SimCLR views ({preset.augment} preset)"))
+
+
+def _confusion_and_embedding_blocks(document: Document, domain: str, results: dict[str, dict], classes: list[str],
+                                    figure_dir: Path) -> None:
+    inits = [init for init in INIT_ORDER if init in results and "finetune" in results[init].get("confusion", {})]
+    if inits:
+        document.add(Heading(f"{domain}: confusion matrices (fine-tune, summed over seeds)", 3), Figure(
+            figures.confusion_matrices({i: results[i]["confusion"]["finetune"] for i in inits}, classes,
+                                       figure_dir / f"confusion_{domain}.png", f"{domain}: fine-tuned classifiers"),
+            f"{domain}: test confusion matrices per initialisation; colour = row-normalised rate, text = count"))
+    maps = {i: results[i]["embedding_2d"] for i in inits if results[i].get("embedding_2d", {}).get("x")}
+    if maps:
+        document.add(Heading(f"{domain}: feature maps (t-SNE of frozen test features)", 3), Figure(
+            figures.embedding_maps(maps, classes, figure_dir / f"embedding_{domain}.png", f"{domain}: t-SNE"),
+            f"{domain}: 2-D t-SNE of each backbone's frozen test features, coloured by true class"))
+
+
+def _write_curve_csv(path: Path, curves: dict[str, list[tuple[float, float, float]]]) -> None:
+    """label_fraction, then one mean column per init: the shape `dvc plots` draws as one line per column."""
+    fractions = sorted({point[0] for points in curves.values() for point in points})
+    with atomic_file(path) as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["label_fraction", *curves])
+        for fraction in fractions:
+            row = [fraction]
+            for points in curves.values():
+                row.append(next((round(mean, 6) for f, mean, _ in points if f == fraction), ""))
+            writer.writerow(row)
+
+
+def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]]) -> list[str]:
+    lines = [f"{key}: {value}" for key, value in inputs.provenance.items()]
+    for domain in inputs.domains:
+        digests = ", ".join(f"{name} {file_sha256(inputs.ingest_dir / domain / name)[:12]}"
+                            for name in DATA_FILES if (inputs.ingest_dir / domain / name).exists())
+        lines.append(f"data {domain} (sha256): {digests}")
+        walls = {init: result.get("wall_s") for init, result in results[domain].items() if result.get("wall_s")}
+        summary = inputs.pretrain_dir / domain / "summary.json"
+        if summary.exists() and read_json(summary).get("wall_s"):
+            walls = {"pretrain": read_json(summary)["wall_s"], **walls}
+        if walls:
+            lines.append(f"wall time {domain}: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in walls.items()))
+    return lines
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
