@@ -3,7 +3,8 @@
 Chips arrive as float32 (H, W, C) arrays in [0, 1]: CT with one HU window per channel, multispectral
 with reflectance clipped to [0, 1]. Every transform below is defined for float32 and any channel count
 (1, 3, 4, 13, …) and keeps values in [0, 1]; per-channel standardisation happens later, on the batch, in
-torch. Nothing here assumes RGB: no hue / saturation / ColorJitter / ToGray (DOMAIN.md §3, §4).
+torch. The medical and remote recipes assume nothing about RGB: no hue / saturation / ColorJitter / ToGray
+(DOMAIN.md §3, §4); only the ``natural_rgb`` recipe (:data:`RGB_PRESETS`) is for photographs.
 
 Randomness comes from (seed, epoch, index) for every call, never from the worker process or call order,
 so a run gives the same views with 0 or 8 DataLoader workers.
@@ -82,7 +83,20 @@ AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
         {"transform": "GaussNoise", "std_range": (0.005, 0.02), "p": 0.3},
     ),
+    # Natural RGB photographs: the SimCLR paper's recipe (crop 0.08–1, flip, colour jitter 0.8 × strength
+    # 0.5, grey 0.2, blur 0.5). RGB only: hue and saturation have no meaning for other channel sets.
+    "natural_rgb": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.08, 1.0),
+         "area_for_downscale": "image"},
+        {"transform": "HorizontalFlip", "p": 0.5},
+        {"transform": "ColorJitter", "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8},
+        {"transform": "ToGray", "p": 0.2},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 2.0), "p": 0.5},
+    ),
 }
+
+RGB_PRESETS = frozenset({"natural_rgb"})
+"""Recipes with colour transforms (hue, saturation, grey conversion) that only mean something for RGB."""
 
 _LOCAL_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"BandDropout": BandDropout}
 
@@ -148,6 +162,8 @@ class TwoViewTransform:
             ValueError: if ``image`` is not a float32 (H, W, C) array.
         """
         _check_image(image)
+        if self.preset in RGB_PRESETS and image.shape[-1] != 3:
+            raise ValueError(f"augmentation preset {self.preset!r} is for RGB images, got {image.shape[-1]} channels")
         self.compose.set_random_state(*_generators(self.seed, epoch, index))
         return self._view(image), self._view(image)
 

@@ -60,6 +60,11 @@ class RuntimeConfig(_Strict):
         return value
 
 
+class IngestConfig(_Strict):
+    strict: bool = False  # stop at the first bad file (one line naming it) instead of quarantining it
+    workers: PositiveInt = 1  # decoding processes; 2 on a 2-core machine roughly doubles DICOM throughput
+
+
 class HUWindowConfig(_Strict):
     center: float
     width: PositiveFloat
@@ -82,6 +87,13 @@ class GeoTiffOptions(_Strict):
     buffer_px: Annotated[int, Field(ge=0)] = 0
 
 
+class ImageOptions(_Strict):
+    """Plain image folders (PNG / JPEG / TIFF, 8 or 16 bit)."""
+
+    channels: Literal[1, 3] = 3  # grey images are repeated to 3 channels, colour ones averaged to 1 (BT.601)
+    label_from_folder: bool = True  # without labels.csv: the parent folder names the class (ImageFolder layout)
+
+
 class DomainDataConfig(_Strict):
     """One data domain: which preset (reader, split, augmentation) and which files."""
 
@@ -91,6 +103,7 @@ class DomainDataConfig(_Strict):
     split_fractions: tuple[Fraction, Fraction, Fraction] = (0.6, 0.2, 0.2)
     dicom: DicomOptions = DicomOptions()
     geotiff: GeoTiffOptions = GeoTiffOptions()
+    image: ImageOptions = ImageOptions()
 
     @field_validator("split_fractions")
     @classmethod
@@ -170,6 +183,7 @@ class Config(_Strict):
     paths: PathsConfig = PathsConfig()
     grid: GridConfig = GridConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    ingest: IngestConfig = IngestConfig()
     data: dict[str, DomainDataConfig]
     demo: DemoConfig = DemoConfig()
     model: ModelConfig = ModelConfig()
@@ -186,6 +200,9 @@ class Config(_Strict):
         for domain, section in self.data.items():
             if section.preset not in PRESETS:
                 raise ValueError(f"data.{domain}.preset: unknown preset {section.preset!r}; known: {sorted(PRESETS)}")
+            if section.source == "demo" and PRESETS[section.preset].demo is None:
+                raise ValueError(f"data.{domain}.source: preset {section.preset!r} has no embedded demo; "
+                                 "give a folder of your images")
         return self
 
     def domain(self, name: str) -> DomainDataConfig:

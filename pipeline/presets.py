@@ -35,15 +35,15 @@ class DomainPreset:
         split: ``group`` keeps all images of one patient in one split; ``spatial_block`` assigns whole
             grid blocks of a scene to one split so neighbouring, correlated chips cannot leak.
         augment: key of :data:`pipeline.augment.AUGMENT_PRESETS`.
-        demo: which demo generator writes this domain's embedded example data.
+        demo: which demo generator writes this domain's embedded example data (None: bring your own folder).
         description: one line for reports.
         display: how the report draws its chips.
     """
 
-    reader: Literal["dicom", "geotiff"]
+    reader: Literal["dicom", "geotiff", "image"]
     split: Literal["group", "spatial_block"]
     augment: str
-    demo: Literal["medical", "remote"]
+    demo: Literal["medical", "remote"] | None
     description: str
     display: DisplaySpec = DisplaySpec()
 
@@ -64,5 +64,13 @@ PRESETS: dict[str, DomainPreset] = {
         demo="remote",
         description="multispectral GeoTIFF scenes cut into chips, split by spatial block",
         display=DisplaySpec(rgb=("red", "green", "blue"), false_colour=("nir", "red", "green"), stretch=True),
+    ),
+    "natural_rgb": DomainPreset(
+        reader="image",
+        split="group",  # every image is its own group: a stratified random split
+        augment="natural_rgb",
+        demo=None,
+        description="8- or 16-bit PNG / JPEG / TIFF images (CIFAR / STL-10 style folders), random split",
+        display=DisplaySpec(rgb=("red", "green", "blue")),
     ),
 }

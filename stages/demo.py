@@ -9,6 +9,9 @@ from stages.common import start_stage
 
 if __name__ == "__main__":
     config, args = start_stage(__doc__)
-    preset = PRESETS[config.domain(args.domain).preset]
+    section = config.domain(args.domain)
     with atomic_dir(Path(config.paths.demo) / args.domain) as out:
-        write_demo(preset.demo, config.demo, out, config.seed)
+        if section.source == "demo":
+            write_demo(PRESETS[section.preset].demo, config.demo, out, config.seed)
+        else:  # the user's own folder feeds ingest; nothing to generate
+            (out / "NOT_USED.txt").write_text(f"data.{args.domain}.source is a folder; no demo generated\n")

@@ -1,9 +1,14 @@
-"""DVC stage: decode one domain's source folder into the chip cache (+ manifest, train-only stats)."""
+"""DVC stage: decode one domain's source folder into the chip cache (+ manifest, train-only stats).
 
+The cache is written atomically: an interrupted or failed ingest leaves the previous cache untouched and
+never a half-written one that looks complete. The outcome report goes to ``reports/ingest/<domain>.json``.
+"""
+
+import sys
 from pathlib import Path
 
-from pipeline.atomic import atomic_dir
-from pipeline.data.ingest import ingest_folder
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.data.ingest import IngestError, ingest_folder
 from pipeline.presets import PRESETS
 from stages.common import start_stage
 
@@ -11,5 +16,10 @@ if __name__ == "__main__":
     config, args = start_stage(__doc__)
     section = config.domain(args.domain)
     source = Path(config.paths.demo) / args.domain if section.source == "demo" else Path(section.source)
-    with atomic_dir(Path(config.paths.ingest) / args.domain) as out:
-        ingest_folder(source, section, PRESETS[section.preset], config.seed, out)
+    try:
+        with atomic_dir(Path(config.paths.ingest) / args.domain) as out:
+            report = ingest_folder(source, section, PRESETS[section.preset], config.seed, out,
+                                   workers=config.ingest.workers, strict=config.ingest.strict)
+    except (IngestError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: ingest {args.domain}: {error}")
+    write_json(Path(config.paths.reports) / "ingest" / f"{args.domain}.json", {"source": section.source, **report})

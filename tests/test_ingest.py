@@ -16,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.data.chips import load_chipset
 from pipeline.data.demo_medical import MedicalDemoSpec, write_medical_demo
 from pipeline.data.demo_remote import RemoteDemoSpec, write_remote_demo
-from pipeline.data.ingest import ingest_folder
+from pipeline.data.ingest import IngestError, ingest_folder
 from pipeline.presets import PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,8 +80,9 @@ def test_medical_split_by_patient_and_no_phi(medical):
 
 def test_bad_file_is_reported_not_fatal(medical):
     _, out, report = medical
-    assert [r["path"] for r in report["rejected_files"]] == ["broken.dcm"]
-    assert "broken.dcm" in json.loads((out / "ingest_report.json").read_text())["rejected_files"][0]["reason"]
+    assert [r["path"] for r in report["rejected"]] == ["broken.dcm"]
+    assert report["files"]["rejected"] == 1 and report["files"]["ingested"] == report["files"]["seen"] - 1
+    assert "broken.dcm" in json.loads((out / "ingest_report.json").read_text())["rejected"][0]["reason"]
 
 
 def test_normalisation_statistics_come_from_train_only(medical):
@@ -121,3 +122,27 @@ def test_remote_split_by_spatial_block(remote):
     assert all(len(s) == 1 for s in blocks.values())
     labelled = [row["label"] for row in rows if row["label"]]
     assert set(labelled) <= {"water", "forest", "cropland", "urban", "grassland"} and labelled
+
+
+def test_two_workers_write_the_same_cache(medical, tmp_path):
+    source, out, report = medical
+    parallel = tmp_path / "parallel"
+    parallel.mkdir()
+    assert ingest_folder(source, CONFIG.data["medical"], PRESETS["medical_ct"], 1, parallel, workers=2) == report
+    for name in ("chips.npy", "valid.npy", "manifest.csv", "stats.json"):
+        assert (parallel / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_strict_mode_stops_at_the_bad_file_with_one_line(medical, tmp_path):
+    source, _, _ = medical
+    with pytest.raises(IngestError) as error:
+        ingest_folder(source, CONFIG.data["medical"], PRESETS["medical_ct"], 1, tmp_path, strict=True)
+    assert str(error.value).startswith("broken.dcm:") and "\n" not in str(error.value)
+    assert not (tmp_path / "chips.npy").exists()
+
+
+def test_outcome_report_counts_every_file(remote):
+    source, _, report = remote
+    scenes = len(list((source / "scenes").glob("*.tif")))
+    assert report["files"] == {"seen": scenes, "ingested": scenes, "rejected": 0, "skipped": 0}
+    assert report["chips"]["kept"] == sum(sum(c.values()) for c in report["counts"].values())

@@ -1,37 +1,37 @@
 """Ingest: a folder of DICOM or GeoTIFF files → the decoded chip cache (see :mod:`pipeline.data.chips`).
 
-Which reader and which split a domain uses comes from its preset (``READERS`` / ``SPLITTERS`` below),
-never from the domain's name. Unreadable files are skipped with a one-line reason in
-``ingest_report.json``; the rest of the folder is still ingested.
+Which reader and which split a domain uses comes from its preset (:data:`pipeline.data.sources.SOURCE_KINDS`,
+``SPLITTERS`` below), never from the domain's name. A corrupt, truncated or unsupported file is rejected with a
+one-line reason in the outcome report and the rest of the folder is still ingested (``ingest.strict`` stops at
+the first one instead). Files are read by ``ingest.workers`` processes and merged in sorted order, so the cache
+does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
-import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pipeline.config import DomainDataConfig
 from pipeline.data.chips import channel_statistics, write_manifest
+from pipeline.data.sources import (
+    SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
+)
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
-from pipeline.io import UnreadableImageError
-from pipeline.io.dicom import HUWindow, is_dicom_file, read_dicom, window_stack
-from pipeline.io.geotiff import iter_chips, read_label_chip, read_scene_info
 from pipeline.presets import DomainPreset
 
 log = logging.getLogger(__name__)
 
-MASK_NODATA = 255
-DEFAULT_SALT = "ssl-domain-transfer/v1"
-GEOTIFF_SUFFIXES = {".tif", ".tiff"}
+class IngestError(ValueError):
+    """``ingest.strict``: the first bad file stops the run; the message is that file's one line."""
 
 
 @dataclass
@@ -44,126 +44,52 @@ class IngestedChips:
     channel_names: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    files_seen: int = 0
+    files_ingested: int = 0
+    chips_dropped_low_valid: int = 0
+
+    def add(self, result: FileChips) -> None:
+        """Merge one file's result; a file whose channels differ from the first file's is rejected."""
+        if result.images and self.channel_names and result.channel_names != self.channel_names:
+            result = FileChips(result.relative, rejected=f"{result.relative}: channels {result.channel_names} "
+                               f"differ from earlier files {self.channel_names}")
+        if result.rejected or result.skipped:
+            outcome = self.rejected if result.rejected else self.skipped
+            outcome.append({"path": result.relative, "reason": result.rejected or result.skipped})
+            return
+        self.channel_names = self.channel_names or result.channel_names
+        self.files_ingested += 1
+        self.images += result.images
+        self.valid += result.valid
+        self.rows += result.rows
+        self.chips_dropped_low_valid += result.dropped_low_valid
 
 
-def pseudonymise(key: str, salt: str) -> str:
-    """Salted SHA-256 of a patient / study key; the raw value never leaves this function."""
-    return hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()[:16]
-
-
-def phi_salt() -> str:
-    """Sites set PIPELINE_PHI_SALT so their hashes cannot be reversed by hashing known IDs."""
-    return os.environ.get("PIPELINE_PHI_SALT", DEFAULT_SALT)
-
-
-def read_labels_csv(source: Path) -> dict[str, str]:
-    """``labels.csv`` (columns ``path,label``; path relative to the source folder) → {path: label}."""
-    path = source / "labels.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs the columns 'path,label', found {reader.fieldnames}")
-        return {row["path"].strip(): row["label"].strip() for row in reader}
-
-
-def read_class_names(source: Path, labels: list[str]) -> list[str]:
-    """Class order from ``classes.json`` (``image_classes``) when present, else sorted label names."""
-    path = source / "classes.json"
-    if path.exists():
-        return list(json.loads(path.read_text())["image_classes"])
-    return sorted({label for label in labels if label})
-
-
-def _resize(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) → (C, size, size) by area averaging; the valid mask by nearest neighbour."""
-    if channels.shape[1:] == (size, size):
-        return channels, valid
-    hwc = cv2.resize(np.moveaxis(channels, 0, -1), (size, size), interpolation=cv2.INTER_AREA)
-    hwc = hwc.reshape(size, size, -1)
-    mask = cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return np.ascontiguousarray(np.moveaxis(hwc, -1, 0), dtype=np.float32), mask
-
-
-def read_dicom_folder(source: Path, cfg: DomainDataConfig) -> IngestedChips:
-    """One chip per DICOM slice: modality LUT → HU windows as channels → resized to ``chip_size``."""
-    windows = [HUWindow(w.center, w.width) for w in cfg.dicom.hu_windows]
+def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False) -> IngestedChips:
+    """Read every file of one kind below ``source``, in sorted order whatever the number of workers."""
+    kind = SOURCE_KINDS[reader]
     labels = read_labels_csv(source)
-    out = IngestedChips(channel_names=[f"window_c{w.center:g}_w{w.width:g}" for w in windows])
-    out.classes = read_class_names(source, list(labels.values()))
+    class_names = read_class_names(source, list(labels.values()))
     salt = phi_salt()
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        relative = path.relative_to(source).as_posix()
-        if path.suffix.lower() in {".csv", ".json", ".png", ".md", ".txt"} or not is_dicom_file(path):
-            continue
-        try:
-            image = read_dicom(path)
-        except UnreadableImageError as error:
-            out.rejected.append({"path": relative, "reason": str(error).replace(str(path), relative)})
-            continue
-        channels = window_stack(image.values, windows, invert=image.photometric == "MONOCHROME1")
-        channels, valid = _resize(channels, image.valid, cfg.chip_size)
-        out.images.append(channels)
-        out.valid.append(valid)
-        out.rows.append({"source": relative, "group": pseudonymise(image.patient_key, salt),
-                         "label": labels.get(relative, "")})
+    tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt)
+             for path in kind.list_files(source)]
+    out = IngestedChips(files_seen=len(tasks))
+    for result in _map_ordered(partial(read_file_safely, kind.read_file), tasks, workers):
+        if strict and (result.rejected or result.skipped):
+            raise IngestError(result.rejected or result.skipped)
+        out.add(result)
+    out.classes = read_class_names(source, list(labels.values()) + [str(r["label"]) for r in out.rows])
     return out
 
 
-def read_geotiff_folder(source: Path, cfg: DomainDataConfig) -> IngestedChips:
-    """A non-overlapping chip grid per scene; label = dominant class of ``masks/<scene>`` or labels.csv."""
-    labels = read_labels_csv(source)
-    out = IngestedChips()
-    scenes = sorted(p for p in source.rglob("*") if p.suffix.lower() in GEOTIFF_SUFFIXES
-                    and "masks" not in p.relative_to(source).parts)
-    for path in scenes:
-        relative = path.relative_to(source).as_posix()
-        try:
-            info = read_scene_info(path)
-            bands = cfg.geotiff.bands
-            names = [info.band_names[b - 1] for b in bands] if bands else list(info.band_names)
-            if out.channel_names and names != out.channel_names:
-                raise UnreadableImageError(f"{path}: bands {names} differ from earlier scenes {out.channel_names}")
-            out.channel_names = names
-            _chip_scene(path, relative, source, cfg, labels, out, info)
-        except UnreadableImageError as error:
-            out.rejected.append({"path": relative, "reason": str(error).replace(str(path), relative)})
-    out.classes = read_class_names(source, list(labels.values()) + [r["label"] for r in out.rows])
-    return out
-
-
-def _chip_scene(path, relative, source, cfg, labels, out: IngestedChips, info) -> None:
-    mask_path = _mask_for(source, relative)
-    class_names = read_class_names(source, []) if mask_path.exists() else []
-    for chip in iter_chips(path, cfg.chip_size, cfg.geotiff.bands):
-        if chip.valid.mean() < cfg.geotiff.min_valid_fraction:
-            continue
-        label = labels.get(relative, "")
-        if mask_path.exists():
-            label = _dominant_class(read_label_chip(mask_path, chip.row, chip.col, cfg.chip_size, scene=info), class_names)
-        # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
-        # downstream are never clamped.
-        out.images.append(np.clip(chip.data, 0.0, 1.0).astype(np.float32))
-        out.valid.append(chip.valid)
-        out.rows.append({"source": relative, "group": relative, "label": label, "row": chip.row, "col": chip.col,
-                         "crs": info.crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
-
-
-def _mask_for(source: Path, relative: str) -> Path:
-    """``masks/<relative path>``, or ``masks/<file name>`` for a flat masks folder."""
-    nested = source / "masks" / relative
-    return nested if nested.exists() else source / "masks" / Path(relative).name
-
-
-def _dominant_class(mask: np.ndarray, class_names: list[str]) -> str:
-    values = mask[mask != MASK_NODATA]
-    if values.size == 0:
-        return ""
-    return class_names[int(np.bincount(values.astype(np.int64)).argmax())]
-
-
-READERS = {"dicom": read_dicom_folder, "geotiff": read_geotiff_folder}
+def _map_ordered(function, tasks: list[FileTask], workers: int):
+    """``map`` in-process (1 worker) or over a process pool; results come back in task order either way."""
+    if workers <= 1 or len(tasks) < 2:
+        yield from map(function, tasks)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        yield from pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
 
 
 def _split_by_group(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
@@ -186,13 +112,19 @@ SPLITTERS = {"group": _split_by_group, "spatial_block": _split_by_block}
 LEAKAGE_UNITS = {"group": lambda row, cfg: str(row["group"]), "spatial_block": _block_of}
 
 
-def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int, out_dir: Path) -> dict:
-    """Decode, split, compute train-only statistics and write the chip cache into ``out_dir``."""
+def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int, out_dir: Path,
+                  workers: int = 1, strict: bool = False) -> dict:
+    """Decode, split, compute train-only statistics and write the chip cache into ``out_dir``.
+
+    Returns the outcome report (also written as ``ingest_report.json``): files seen / ingested / rejected /
+    skipped, one ``{path, reason}`` line per rejected or skipped file, chips kept and dropped, label counts.
+    """
     if not source.is_dir():
         raise FileNotFoundError(f"data source {source} is not a folder")
-    found = READERS[preset.reader](source, cfg)
+    found = read_folder(source, cfg, preset.reader, workers, strict)
     if not found.images:
-        raise ValueError(f"{source}: no readable {preset.reader} images ({len(found.rejected)} rejected)")
+        raise ValueError(f"{source}: no readable {preset.reader} images "
+                         f"({len(found.rejected)} rejected, {len(found.skipped)} skipped of {found.files_seen} files)")
     splits = SPLITTERS[preset.split](found.rows, cfg, seed)
     keep = [i for i, split in enumerate(splits) if split != "buffer"]
     rows = [{**found.rows[i], "split": str(splits[i]), "chip_id": n} for n, i in enumerate(keep)]
@@ -209,8 +141,20 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,
              "chip_size": cfg.chip_size, "counts": counts, "statistics_from": "train split, 2-98 % clipped"}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    report = {"chips": len(rows), "buffer_chips_dropped": len(splits) - len(keep),
-              "rejected_files": found.rejected, "counts": counts}
+    report = outcome_report(found, len(rows), len(splits) - len(keep), counts)
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("ingested %d chips from %s (%d files rejected)", len(rows), source, len(found.rejected))
+    log.info("ingested %d chips from %s: %s", len(rows), source, report["files"])
     return report
+
+
+def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict) -> dict:
+    """Counts of every outcome, then one line per file that gave no chips and why."""
+    return {
+        "files": {"seen": found.files_seen, "ingested": found.files_ingested, "rejected": len(found.rejected),
+                  "skipped": len(found.skipped)},
+        "chips": {"kept": chips, "dropped_low_valid_fraction": found.chips_dropped_low_valid,
+                  "dropped_split_buffer": buffer_dropped},
+        "rejected": found.rejected,
+        "skipped": found.skipped,
+        "counts": counts,
+    }

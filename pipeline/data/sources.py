@@ -1,0 +1,238 @@
+"""One source file → its chips, or the one-line reason it was rejected or skipped.
+
+Each kind of folder (DICOM, GeoTIFF, plain images) is a :class:`SourceKind` row in :data:`SOURCE_KINDS`:
+how to list its files and how to read one. Reading a file is a top-level function of one picklable
+:class:`FileTask`, so ingest can hand files to worker processes and still merge results in a fixed order.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.config import DomainDataConfig
+from pipeline.io import UnreadableImageError
+from pipeline.io.dicom import HUWindow, is_dicom_file, read_dicom, window_stack
+from pipeline.io.geotiff import iter_chips, read_label_chip, read_scene_info
+
+MASK_NODATA = 255
+DEFAULT_SALT = "ssl-domain-transfer/v1"
+GEOTIFF_SUFFIXES = {".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+SIDE_FILES = {".csv", ".json", ".md", ".txt", ".geojson"}
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """Everything a worker needs to read one file (all picklable)."""
+
+    path: Path
+    relative: str
+    source: Path
+    cfg: DomainDataConfig
+    labels: dict[str, str]
+    class_names: list[str]
+    salt: str
+
+
+@dataclass
+class FileChips:
+    """What one file contributed: chips with manifest rows, or why it contributed none."""
+
+    relative: str
+    images: list[np.ndarray] = field(default_factory=list)  # each (C, S, S) float32 in [0, 1]
+    valid: list[np.ndarray] = field(default_factory=list)  # each (S, S) bool
+    rows: list[dict[str, object]] = field(default_factory=list)
+    channel_names: list[str] = field(default_factory=list)
+    rejected: str = ""  # corrupt, truncated, unsupported: a problem the user should look at
+    skipped: str = ""  # readable but not an image to train on (e.g. a structured report)
+    dropped_low_valid: int = 0  # chips under the configured valid fraction
+
+
+def pseudonymise(key: str, salt: str) -> str:
+    """Salted SHA-256 of a patient / study key; the raw value never leaves this function."""
+    return hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()[:16]
+
+
+def phi_salt() -> str:
+    """Sites set PIPELINE_PHI_SALT so their hashes cannot be reversed by hashing known IDs."""
+    return os.environ.get("PIPELINE_PHI_SALT", DEFAULT_SALT)
+
+
+def read_labels_csv(source: Path) -> dict[str, str]:
+    """``labels.csv`` (columns ``path,label``; path relative to the source folder) → {path: label}."""
+    path = source / "labels.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: needs the columns 'path,label', found {reader.fieldnames}")
+        return {row["path"].strip(): row["label"].strip() for row in reader}
+
+
+def read_class_names(source: Path, labels: list[str]) -> list[str]:
+    """Class order from ``classes.json`` (``image_classes``) when present, else sorted label names."""
+    path = source / "classes.json"
+    if path.exists():
+        return list(json.loads(path.read_text())["image_classes"])
+    return sorted({label for label in labels if label})
+
+
+def resize_chip(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) → (C, size, size) by area averaging; the valid mask by nearest neighbour."""
+    if channels.shape[1:] == (size, size):
+        return channels, valid
+    hwc = cv2.resize(np.moveaxis(channels, 0, -1), (size, size), interpolation=cv2.INTER_AREA)
+    hwc = hwc.reshape(size, size, -1)
+    mask = cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return np.ascontiguousarray(np.moveaxis(hwc, -1, 0), dtype=np.float32), mask
+
+
+def read_file_safely(reader: Callable[[FileTask], FileChips], task: FileTask) -> FileChips:
+    """Run one reader; an unreadable file becomes a rejection with the path relative to the source."""
+    try:
+        return reader(task)
+    except UnreadableImageError as error:
+        return FileChips(task.relative, rejected=str(error).replace(str(task.path), task.relative))
+
+
+# --- DICOM -------------------------------------------------------------------------------------------
+
+def list_dicom_files(source: Path) -> list[Path]:
+    """Every file whose content is DICOM, whatever its extension (PACS exports often have none)."""
+    return [p for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() not in SIDE_FILES
+            and p.suffix.lower() != ".png" and is_dicom_file(p)]
+
+
+def dicom_channel_names(cfg: DomainDataConfig) -> list[str]:
+    return [f"window_c{w.center:g}_w{w.width:g}" for w in cfg.dicom.hu_windows]
+
+
+def read_dicom_file(task: FileTask) -> FileChips:
+    """One chip per slice: modality LUT → HU windows as channels → resized to ``chip_size``."""
+    windows = [HUWindow(w.center, w.width) for w in task.cfg.dicom.hu_windows]
+    image = read_dicom(task.path)
+    channels = window_stack(image.values, windows, invert=image.needs_inversion)
+    channels, valid = resize_chip(channels, image.valid, task.cfg.chip_size)
+    row = {"source": task.relative, "group": pseudonymise(image.patient_key, task.salt),
+           "label": task.labels.get(task.relative, "")}
+    return FileChips(task.relative, [channels], [valid], [row], dicom_channel_names(task.cfg))
+
+
+# --- GeoTIFF -----------------------------------------------------------------------------------------
+
+def list_geotiff_files(source: Path) -> list[Path]:
+    """Scenes anywhere below the source, except the label rasters under ``masks/``."""
+    return [p for p in sorted(source.rglob("*")) if p.suffix.lower() in GEOTIFF_SUFFIXES
+            and "masks" not in p.relative_to(source).parts]
+
+
+def read_geotiff_file(task: FileTask) -> FileChips:
+    """A non-overlapping chip grid; label = dominant class of ``masks/<scene>`` or the scene's labels.csv row."""
+    info = read_scene_info(task.path)
+    bands = task.cfg.geotiff.bands
+    out = FileChips(task.relative, channel_names=[info.band_names[b - 1] for b in bands] if bands
+                    else list(info.band_names))
+    mask_path = mask_for(task.source, task.relative)
+    for chip in iter_chips(task.path, task.cfg.chip_size, bands):
+        if chip.valid.mean() < task.cfg.geotiff.min_valid_fraction:
+            out.dropped_low_valid += 1
+            continue
+        label = task.labels.get(task.relative, "")
+        if mask_path.exists():
+            mask = read_label_chip(mask_path, chip.row, chip.col, task.cfg.chip_size, scene=info)
+            label = dominant_class(mask, task.class_names)
+        # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
+        # downstream are never clamped.
+        out.images.append(np.clip(chip.data, 0.0, 1.0).astype(np.float32))
+        out.valid.append(chip.valid)
+        out.rows.append({"source": task.relative, "group": task.relative, "label": label, "row": chip.row,
+                         "col": chip.col, "crs": info.crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
+    return out
+
+
+def mask_for(source: Path, relative: str) -> Path:
+    """``masks/<relative path>``, or ``masks/<file name>`` for a flat masks folder."""
+    nested = source / "masks" / relative
+    return nested if nested.exists() else source / "masks" / Path(relative).name
+
+
+def dominant_class(mask: np.ndarray, class_names: list[str]) -> str:
+    values = mask[mask != MASK_NODATA]
+    if values.size == 0:
+        return ""
+    return class_names[int(np.bincount(values.astype(np.int64)).argmax())]
+
+
+# --- plain images (PNG / JPEG / TIFF) ----------------------------------------------------------------
+
+def list_image_files(source: Path) -> list[Path]:
+    return [p for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            and "masks" not in p.relative_to(source).parts]
+
+
+def image_channel_names(channels: int) -> list[str]:
+    return ["red", "green", "blue"] if channels == 3 else ["grey"]
+
+
+def read_image_file(task: FileTask) -> FileChips:
+    """One chip per image: 8/16-bit integers (or float) → [0, 1], alpha → valid mask, RGB or grey as configured."""
+    raw = cv2.imread(str(task.path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise UnreadableImageError(f"{task.path}: not a readable PNG / JPEG / TIFF image")
+    values, valid = _unit_range(raw, task.path)
+    channels = _match_channels(values, task.cfg.image.channels)
+    chip, valid = resize_chip(np.moveaxis(channels, -1, 0), valid, task.cfg.chip_size)
+    label = task.labels.get(task.relative, "")
+    if not label and not task.labels and task.cfg.image.label_from_folder and "/" in task.relative:
+        label = Path(task.relative).parent.name
+    row = {"source": task.relative, "group": task.relative, "label": label}
+    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(task.cfg.image.channels))
+
+
+def _unit_range(raw: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W[, C]) BGR(A) of any integer or float dtype → (H, W, C) RGB float32 in [0, 1] + alpha mask."""
+    if np.issubdtype(raw.dtype, np.integer):
+        values = raw.astype(np.float32) / np.iinfo(raw.dtype).max
+    elif np.issubdtype(raw.dtype, np.floating):
+        values = np.clip(np.nan_to_num(raw.astype(np.float32)), 0, 1)
+    else:
+        raise UnreadableImageError(f"{path}: pixel type {raw.dtype} is not supported")
+    values = values[..., None] if values.ndim == 2 else values
+    valid = values[..., 3] > 0 if values.shape[-1] == 4 else np.ones(values.shape[:2], bool)
+    if values.shape[-1] in (3, 4):
+        values = values[..., 2::-1]  # OpenCV's BGR(A) → RGB, alpha dropped
+    return np.ascontiguousarray(values, dtype=np.float32), valid
+
+
+def _match_channels(values: np.ndarray, channels: int) -> np.ndarray:
+    """Grey → repeated to RGB; RGB → BT.601 luminance when one channel is asked for."""
+    if values.shape[-1] == channels:
+        return values
+    if channels == 3:
+        return np.repeat(values[..., :1], 3, axis=-1)
+    return (values @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """How one kind of source folder is listed and read (a preset's ``reader`` names a row)."""
+
+    list_files: Callable[[Path], list[Path]]
+    read_file: Callable[[FileTask], FileChips]
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {
+    "dicom": SourceKind(list_dicom_files, read_dicom_file),
+    "geotiff": SourceKind(list_geotiff_files, read_geotiff_file),
+    "image": SourceKind(list_image_files, read_image_file),
+}
