@@ -118,11 +118,16 @@ def dicom_channel_names(cfg: DomainDataConfig) -> list[str]:
 
 
 def read_dicom_file(task: FileTask) -> FileChips:
-    """One chip per slice: modality LUT → HU windows as channels → resized to ``chip_size``."""
+    """One chip per slice: modality LUT → resized to ``chip_size`` in HU → HU windows as channels.
+
+    Resizing comes before windowing: area-averaging HU values is physically meaningful (the mean
+    attenuation of the larger pixel), the windows then map HU to display values exactly as for a native
+    low-resolution scan, and the windows run on 64² instead of 512² pixels (3 × less work per window).
+    """
     windows = [HUWindow(w.center, w.width) for w in task.cfg.dicom.hu_windows]
     image = read_dicom(task.path)
-    channels = window_stack(image.values, windows, invert=image.needs_inversion)
-    channels, valid = resize_chip(channels, image.valid, task.cfg.chip_size)
+    values, valid = resize_chip(image.values[None].astype(np.float32, copy=False), image.valid, task.cfg.chip_size)
+    channels = window_stack(values[0], windows, invert=image.needs_inversion)
     row = {"source": task.relative, "group": pseudonymise(image.patient_key, task.salt),
            "label": task.labels.get(task.relative, "")}
     return FileChips(task.relative, [channels], [valid], [row], dicom_channel_names(task.cfg))
