@@ -1,0 +1,63 @@
+"""Whole-folder ingest of the real public files in ../shared/realdata (skipped when that folder is absent).
+
+Every file must be accounted for — ingested, rejected or skipped, each non-ingested one with a reason that
+names it — and nothing may crash the run: that is what a user's PACS export or EO archive will need.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DomainDataConfig
+from pipeline.data.ingest import ingest_folder
+from pipeline.presets import PRESETS
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+pytestmark = pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata is not present")
+
+
+def _ingest(folder: Path, preset: str, tmp_path: Path, **options) -> dict:
+    cfg = DomainDataConfig(preset=preset, source=str(folder), chip_size=64, **options)
+    return ingest_folder(folder, cfg, PRESETS[preset], 0, tmp_path)
+
+
+def _accounted(report: dict) -> None:
+    files = report["files"]
+    assert files["seen"] == files["ingested"] + files["rejected"] + files["skipped"]
+    for line in report["rejected"] + report["skipped"]:
+        assert line["reason"].startswith(line["path"]) and "\n" not in line["reason"]
+
+
+def test_rasterio_test_rasters(tmp_path):
+    report = _ingest(REALDATA / "rasterio_testdata", "remote_multispectral", tmp_path,
+                     split_fractions=(0.6, 0.2, 0.2), geotiff={"block_size_px": 128})
+    _accounted(report)
+    assert "corrupt.tif" in {line["path"] for line in report["rejected"]}
+    assert report["files"]["ingested"] >= 5 and report["chips"]["kept"] > 0
+
+
+def test_dicom_ct_with_segmentation_objects(tmp_path):
+    report = _ingest(REALDATA / "dcmqi_ct_seg", "medical_ct", tmp_path, split_fractions=(0.34, 0.33, 0.33))
+    _accounted(report)
+    assert report["files"]["ingested"] >= 3  # the CT slices
+    not_ingested = {line["path"] for line in report["rejected"] + report["skipped"]}
+    assert "sr-example/sr.dcm" in not_ingested  # a structured report has no pixels to learn from
+
+
+def test_chest_xray_pngs_as_an_image_folder(tmp_path):
+    source = tmp_path / "pngs"
+    for png in (REALDATA / "torchxrayvision_cxr_samples").rglob("*.png"):  # without the folder's own labels.csv
+        target = source / png.relative_to(REALDATA / "torchxrayvision_cxr_samples")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(png, target)
+    out = tmp_path / "out"
+    out.mkdir()
+    report = _ingest(source, "natural_rgb", out, split_fractions=(0.34, 0.33, 0.33))
+    _accounted(report)
+    assert report["files"]["ingested"] >= 3
+
+
+def test_foreign_labels_csv_is_a_one_line_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match=r"labels\.csv: needs the columns 'path,label'"):
+        _ingest(REALDATA / "torchxrayvision_cxr_samples", "natural_rgb", tmp_path)
