@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import rasterio
+from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from rasterio.windows import Window
 
@@ -146,3 +147,23 @@ def test_outcome_report_counts_every_file(remote):
     scenes = len(list((source / "scenes").glob("*.tif")))
     assert report["files"] == {"seen": scenes, "ingested": scenes, "rejected": 0, "skipped": 0}
     assert report["chips"]["kept"] == sum(sum(c.values()) for c in report["counts"].values())
+
+
+def test_segmentation_masks_follow_their_chips(medical, remote):
+    source, out, _ = remote
+    chips = load_chipset(out)
+    assert chips.masks is not None and chips.masks.shape == chips.valid.shape
+    assert chips.mask_classes == ["water", "forest", "cropland", "urban", "grassland"]
+    for row in chips.manifest[:5]:
+        r, c, i = int(row["row"]), int(row["col"]), int(row["chip_id"])
+        with rasterio.open(source / "masks" / Path(row["source"]).name) as src:
+            expected = src.read(1, window=Window(c, r, 32, 32))
+        np.testing.assert_array_equal(chips.masks[i][chips.valid[i]], expected[chips.valid[i]])
+        assert (chips.masks[i][~chips.valid[i]] == 255).all()
+    source, out, _ = medical
+    chips = load_chipset(out)
+    assert chips.mask_classes[0] == "background" and "lesion" in chips.mask_classes
+    row = chips.manifest[0]
+    png = np.asarray(Image.open(source / "masks" / Path(row["source"]).with_suffix(".png")))
+    expected = cv2.resize(png, (64, 64), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(chips.masks[int(row["chip_id"])], expected)

@@ -7,6 +7,7 @@ Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
 * ``valid.npy``    – (N, S, S) bool, False at nodata / padding pixels.
 * ``manifest.csv`` – one row per chip: id, source file (relative), hashed group, split, label, grid position,
   CRS and affine transform (remote sensing). No patient identifier is ever written here.
+* ``masks.npy``    – optional (N, S, S) uint8 segmentation class ids, 255 = ignore (nodata, padding, unlabelled).
 * ``stats.json``   – per-channel mean/std from the **train split only** (robust: 2–98 % clipped), channel
   and class names, counts. Every consumer standardises with these numbers; nothing recomputes them.
 """
@@ -23,6 +24,7 @@ from pipeline.atomic import read_json
 
 MANIFEST_FIELDS = ("chip_id", "source", "group", "split", "label", "row", "col", "crs", "transform")
 UNLABELLED = -1
+MASK_IGNORE = 255
 
 
 @dataclass
@@ -36,6 +38,8 @@ class ChipSet:
     channel_names: list[str]
     mean: np.ndarray  # (C,) float32
     std: np.ndarray  # (C,) float32
+    masks: np.ndarray | None = None  # (N, S, S) uint8 class ids, MASK_IGNORE where not to be scored
+    mask_classes: list[str] = field(default_factory=list)
     split: np.ndarray = field(init=False)
     labels: np.ndarray = field(init=False)  # (N,) int64 class index, UNLABELLED where none
 
@@ -69,6 +73,8 @@ def load_chipset(folder: str | Path) -> ChipSet:
         channel_names=list(stats["channel_names"]),
         mean=np.asarray(stats["mean"], dtype=np.float32),
         std=np.asarray(stats["std"], dtype=np.float32),
+        masks=np.load(folder / "masks.npy", mmap_mode="r") if (folder / "masks.npy").exists() else None,
+        mask_classes=list(stats.get("mask_classes", [])),
     )
 
 

@@ -23,7 +23,8 @@ import numpy as np
 from pipeline.config import DomainDataConfig
 from pipeline.data.chips import channel_statistics, write_manifest
 from pipeline.data.sources import (
-    SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
+    MASK_NODATA, SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
+    read_mask_classes,
 )
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
 from pipeline.presets import DomainPreset
@@ -43,6 +44,7 @@ class IngestedChips:
     rows: list[dict[str, object]] = field(default_factory=list)
     channel_names: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    masks: list[np.ndarray | None] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     files_seen: int = 0
@@ -63,6 +65,7 @@ class IngestedChips:
         self.images += result.images
         self.valid += result.valid
         self.rows += result.rows
+        self.masks += result.masks or [None] * len(result.images)
         self.chips_dropped_low_valid += result.dropped_low_valid
 
 
@@ -136,15 +139,25 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     np.save(out_dir / "chips.npy", images)
     np.save(out_dir / "valid.npy", valid)
     write_manifest(out_dir / "manifest.csv", rows)
+    mask_classes = _write_masks(out_dir, [found.masks[i] for i in keep], cfg.chip_size, source)
     counts = {split: dict(sorted(Counter(r["label"] or "<unlabelled>" for r in rows if r["split"] == split).items()))
               for split in ("train", "val", "test")}
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,
-             "chip_size": cfg.chip_size, "counts": counts, "statistics_from": "train split, 2-98 % clipped"}
+             "chip_size": cfg.chip_size, "counts": counts, "mask_classes": mask_classes, "statistics_from": "train split, 2-98 % clipped"}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     report = outcome_report(found, len(rows), len(splits) - len(keep), counts)
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("ingested %d chips from %s: %s", len(rows), source, report["files"])
     return report
+
+
+def _write_masks(out_dir: Path, masks: list[np.ndarray | None], size: int, source: Path) -> list[str]:
+    """``masks.npy`` (N, S, S) uint8 when any chip has a mask; chips without one are all 255 (ignored)."""
+    if all(mask is None for mask in masks):
+        return []
+    ignore = np.full((size, size), MASK_NODATA, np.uint8)
+    np.save(out_dir / "masks.npy", np.stack([ignore if mask is None else mask for mask in masks]))
+    return read_mask_classes(source)
 
 
 def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict) -> dict:

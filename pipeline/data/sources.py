@@ -52,6 +52,7 @@ class FileChips:
     valid: list[np.ndarray] = field(default_factory=list)  # each (S, S) bool
     rows: list[dict[str, object]] = field(default_factory=list)
     channel_names: list[str] = field(default_factory=list)
+    masks: list[np.ndarray | None] = field(default_factory=list)  # per chip (S, S) uint8 class ids, 255 = ignore
     rejected: str = ""  # corrupt, truncated, unsupported: a problem the user should look at
     skipped: str = ""  # readable but not an image to train on (e.g. a structured report)
     dropped_low_valid: int = 0  # chips under the configured valid fraction
@@ -77,6 +78,13 @@ def read_labels_csv(source: Path) -> dict[str, str]:
         if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: needs the columns 'path,label', found {reader.fieldnames}")
         return {row["path"].strip(): row["label"].strip() for row in reader}
+
+
+def read_mask_classes(source: Path) -> list[str]:
+    """Segmentation class names by id from ``classes.json`` (``mask_classes``: {"0": "background", …})."""
+    path = source / "classes.json"
+    names = json.loads(path.read_text()).get("mask_classes", {}) if path.exists() else {}
+    return [names[key] for key in sorted(names, key=int)]
 
 
 def read_class_names(source: Path, labels: list[str]) -> list[str]:
@@ -130,7 +138,19 @@ def read_dicom_file(task: FileTask) -> FileChips:
     channels = window_stack(values[0], windows, invert=image.needs_inversion)
     row = {"source": task.relative, "group": pseudonymise(image.patient_key, task.salt),
            "label": task.labels.get(task.relative, "")}
-    return FileChips(task.relative, [channels], [valid], [row], dicom_channel_names(task.cfg))
+    mask = read_raster_mask(task.source / "masks" / Path(task.relative).with_suffix(".png"), task.cfg.chip_size, valid)
+    return FileChips(task.relative, [channels], [valid], [row], dicom_channel_names(task.cfg), [mask])
+
+
+def read_raster_mask(path: Path, size: int, valid: np.ndarray) -> np.ndarray | None:
+    """A class-id image (PNG / TIFF, same pixel grid as its image) → (size, size) uint8, 255 where invalid."""
+    if not path.exists():
+        return None
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.ndim != 2:
+        raise UnreadableImageError(f"{path}: a mask must be a single-channel class-id image")
+    mask = cv2.resize(raw.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    return np.where(valid, mask, MASK_NODATA).astype(np.uint8)
 
 
 # --- GeoTIFF -----------------------------------------------------------------------------------------
@@ -152,10 +172,12 @@ def read_geotiff_file(task: FileTask) -> FileChips:
         if chip.valid.mean() < task.cfg.geotiff.min_valid_fraction:
             out.dropped_low_valid += 1
             continue
-        label = task.labels.get(task.relative, "")
+        label, mask = task.labels.get(task.relative, ""), None
         if mask_path.exists():
             mask = read_label_chip(mask_path, chip.row, chip.col, task.cfg.chip_size, scene=info)
+            mask = np.where(chip.valid, mask, MASK_NODATA).astype(np.uint8)
             label = dominant_class(mask, task.class_names)
+        out.masks.append(mask)
         # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
         # downstream are never clamped.
         out.images.append(np.clip(chip.data, 0.0, 1.0).astype(np.float32))
@@ -201,7 +223,8 @@ def read_image_file(task: FileTask) -> FileChips:
     if not label and not task.labels and task.cfg.image.label_from_folder and "/" in task.relative:
         label = Path(task.relative).parent.name
     row = {"source": task.relative, "group": task.relative, "label": label}
-    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(task.cfg.image.channels))
+    mask = read_raster_mask(task.source / "masks" / Path(task.relative).with_suffix(".png"), task.cfg.chip_size, valid)
+    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(task.cfg.image.channels), [mask])
 
 
 def _unit_range(raw: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
