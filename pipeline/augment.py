@@ -60,7 +60,7 @@ AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.35, 1.0),
          "ratio": (0.8, 1.25), "area_for_downscale": "image"},
         {"transform": "Affine", "rotate": (-12, 12), "scale": (0.9, 1.1), "translate_percent": (-0.05, 0.05),
-         "fill": 0.0, "p": 0.7},  # 0 = below every window, i.e. air outside the body
+         "fill": 0.0, "fill_mask": 255, "p": 0.7},  # 0 = below every window (air); masks: 255 = ignore
         {"transform": "MultiplicativeNoise", "multiplier": (0.85, 1.15), "per_channel": True,
          "elementwise": False, "p": 0.8},
         {"transform": "AdditiveNoise", "noise_type": "uniform", "spatial_mode": "constant",

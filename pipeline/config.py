@@ -41,6 +41,7 @@ class GridConfig(_Strict):
 
     domains: list[str] = ["medical", "remote"]
     baseline_inits: list[Literal["imagenet", "random"]] = ["imagenet", "random"]
+    seg_domains: list[str] = ["medical", "remote"]  # domains with masks to run segmentation on ([] = off)
 
 
 class RuntimeConfig(_Strict):
@@ -167,6 +168,15 @@ class FinetuneConfig(_Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
 
 
+class SegmentationConfig(_Strict):
+    architecture: Literal["unet", "fpn", "deeplabv3plus"] = "unet"  # smp decoder on the tu-<backbone> encoder
+    steps: PositiveInt = 30
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 1e-3
+    decoder_lr_multiplier: PositiveFloat = 10.0  # the new decoder moves further than pretrained weights
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+
+
 class EvaluateConfig(_Strict):
     label_fraction: Annotated[float, Field(gt=0, le=1)] = 0.1  # headline: linear probe and fine-tuning
     # label-efficiency curve (linear probe and floor; features are extracted once, so these are cheap)
@@ -174,6 +184,7 @@ class EvaluateConfig(_Strict):
     seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
     linear: LinearProbeConfig = LinearProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
 
 
 class Config(_Strict):
@@ -194,6 +205,9 @@ class Config(_Strict):
     def _domains_have_data(self) -> Config:
         from pipeline.presets import PRESETS
 
+        for domain in self.grid.seg_domains:
+            if domain not in self.grid.domains:
+                raise ValueError(f"grid.seg_domains lists {domain!r}, which is not in grid.domains")
         for domain in self.grid.domains:
             if domain not in self.data:
                 raise ValueError(f"grid.domains lists {domain!r} but data.{domain} is missing")

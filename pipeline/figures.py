@@ -120,3 +120,31 @@ def augmentation_gallery(rows: list[list[np.ndarray]], column_titles: list[str],
     figure.suptitle(title)
     figure.tight_layout(rect=(0, 0, 1, 0.94))  # leave the top strip to the suptitle
     return _save(figure, path)
+
+
+def segmentation_overlays(images: list[np.ndarray], columns: dict[str, list[np.ndarray]], classes: list[str],
+                          path: Path, title: str, ignore: int = 255) -> Path:
+    """Rows = test chips; first column the image, then one column per mask set (truth, each init's prediction).
+
+    Masks are drawn in the tab10 colours over the image at 50 % opacity; ignored pixels stay unpainted.
+    """
+    colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
+    figure, axes = plt.subplots(len(images), 1 + len(columns), figsize=(2 * (1 + len(columns)), 2 * len(images)),
+                                squeeze=False)
+    for row, image in enumerate(images):
+        rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
+        axes[row][0].imshow(rgb, interpolation="nearest")
+        for col, masks in enumerate(columns.values(), start=1):
+            mask = np.asarray(masks[row])
+            paint = np.where((mask != ignore)[..., None], colours[mask % 10], rgb)
+            axes[row][col].imshow(0.5 * rgb + 0.5 * paint, interpolation="nearest")
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis, name in zip(axes[0], ["image", *columns]):
+        axis.set_title(name, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i % 10]) for i in range(len(classes))]
+    figure.legend(handles, classes, loc="lower center", ncol=min(len(classes), 6), fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.94))
+    return _save(figure, path)

@@ -47,10 +47,39 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return float(array.mean()), float(half)
 
 
-def summarise_runs(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Per metric: ``<metric>`` (mean over seeds) and ``<metric>_ci95`` (half-width)."""
+def segmentation_confusion(truth: np.ndarray, predicted: np.ndarray, num_classes: int, ignore: int = 255) -> np.ndarray:
+    """(K, K) pixel counts, rows = true class, columns = predicted; ``ignore`` pixels are not counted."""
+    keep = np.asarray(truth) != ignore
+    truth, predicted = np.asarray(truth)[keep].astype(np.int64), np.asarray(predicted)[keep].astype(np.int64)
+    return np.bincount(truth * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """mIoU and mean Dice over the classes present in truth or prediction, plus Dice per class.
+
+    A class absent from both truth and prediction has no defined IoU / Dice: it is left out of the means
+    and its per-class Dice is NaN (so a seed without that class does not count as a perfect score).
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    true_positive = np.diag(confusion)
+    false_positive, false_negative = confusion.sum(axis=0) - true_positive, confusion.sum(axis=1) - true_positive
+    union = true_positive + false_positive + false_negative
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, true_positive / union, np.nan)
+        dice = np.where(union > 0, 2 * true_positive / (union + true_positive), np.nan)
+    result = {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+              "mdice": float(np.nanmean(dice)) if np.isfinite(dice).any() else float("nan")}
+    result.update({f"dice_{name}": float(value) for name, value in zip(class_names, dice)})
+    return result
+
+
+def summarise_runs(runs: list[dict[str, float]], names: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Per metric: ``<metric>`` (mean over seeds) and ``<metric>_ci95`` (half-width).
+
+    ``names`` defaults to the classification metrics; other tasks pass their own.
+    """
     summary: dict[str, float] = {}
-    for name in CLASSIFICATION_METRICS:
+    for name in names or CLASSIFICATION_METRICS:
         mean, half = mean_ci95([run[name] for run in runs])
         summary[name] = round(mean, 6)
         summary[f"{name}_ci95"] = round(half, 6)

@@ -42,11 +42,20 @@ def read_results(evaluate_dir: Path, domains: list[str]) -> dict[str, dict[str, 
     return results
 
 
-def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path) -> dict:
-    """The nested metrics file: each init's per-protocol summary, plus SimCLR's pretraining monitors."""
+def read_segmentation_results(evaluate_dir: Path, domains: list[str]) -> dict[str, dict[str, dict]]:
+    """domain → init → the segment stage's JSON (``seg_<init>.json``), for every file present."""
+    return {domain: {init: read_json(evaluate_dir / domain / f"seg_{init}.json") for init in INIT_ORDER
+                     if (evaluate_dir / domain / f"seg_{init}.json").exists()} for domain in domains}
+
+
+def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path,
+                    segmentation: dict[str, dict[str, dict]] | None = None) -> dict:
+    """The nested metrics file: each task's per-init, per-protocol summary, plus SimCLR's monitors."""
     metrics: dict = {}
     for domain, by_init in results.items():
         metrics[domain] = {"cls": {init: result["summary"] for init, result in by_init.items()}}
+        if segmentation and segmentation.get(domain):
+            metrics[domain]["seg"] = {init: result["summary"] for init, result in segmentation[domain].items()}
         summary = pretrain_dir / domain / "summary.json"
         if summary.exists():
             metrics[domain]["pretrain"] = read_json(summary)["metrics"]
@@ -83,6 +92,13 @@ def classification_table(cls: dict) -> Table:
     """Headline label fraction: every metric, linear probe and fine-tuning, per init."""
     columns = [(f"{p} {m}", p, m) for p in PROTOCOLS for m in CLASSIFICATION_METRICS]
     return _table([i for i in INIT_ORDER if i in cls], columns, cls)
+
+
+def segmentation_table(seg: dict, classes: list[str]) -> Table:
+    """Fine-tuned segmentation per init: mIoU, mean Dice and Dice per class."""
+    columns = [("mIoU", "finetune", "miou"), ("mean Dice", "finetune", "mdice"),
+               *((f"Dice {name}", "finetune", f"dice_{name}") for name in classes)]
+    return _table([i for i in INIT_ORDER if i in seg], columns, seg)
 
 
 def label_efficiency_table(cls: dict, fractions: list[float], metric: str = HEADLINE_METRIC) -> Table:

@@ -20,8 +20,8 @@ from pipeline.data.chips import load_chipset
 from pipeline.display import display_views
 from pipeline.presets import DomainPreset
 from pipeline.report import (
-    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, conclusions, label_efficiency_curves,
-    label_efficiency_table, read_results,
+    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, compare, conclusions, label_efficiency_curves,
+    label_efficiency_table, read_results, read_segmentation_results, segmentation_table,
 )
 from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
 from pipeline.ssl.train import embedding_std_reference
@@ -48,12 +48,14 @@ class ReportInputs:
 def build_report(inputs: ReportInputs) -> dict:
     """Write every report file; return the metrics written to ``metrics.json``."""
     results = read_results(inputs.evaluate_dir, list(inputs.domains))
-    metrics = collect_metrics(results, inputs.pretrain_dir)
+    segmentation = read_segmentation_results(inputs.evaluate_dir, list(inputs.domains))
+    metrics = collect_metrics(results, inputs.pretrain_dir, segmentation)
     write_json(inputs.reports_dir / "metrics.json", metrics)
     document = Document("SimCLR vs ImageNet vs random initialisation")
-    document.add(Heading("Provenance"), Bullets(_provenance(inputs, results)))
+    document.add(Heading("Provenance"), Bullets(_provenance(inputs, results, segmentation)))
     for domain, preset in inputs.domains.items():
         _domain_section(document, inputs, domain, preset, results[domain], metrics[domain])
+        _segmentation_section(document, inputs, domain, preset, segmentation[domain], metrics[domain])
     document.add(Heading("Protocols"), Bullets([
         "Floor: logistic regression on per-channel mean, std and 5/50/95 percentiles of each chip.",
         "Linear: logistic regression on standardised frozen pooled features. Fine-tune: whole network + linear head.",
@@ -141,6 +143,33 @@ def _confusion_and_embedding_blocks(document: Document, domain: str, results: di
             f"{domain}: 2-D t-SNE of each backbone's frozen test features, coloured by true class"))
 
 
+def _segmentation_section(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset,
+                          results: dict[str, dict], metrics: dict) -> None:
+    """Table, conclusion and overlays of the segmentation transfer, when the segment stages ran."""
+    if "seg" not in metrics:
+        return
+    seg, first = metrics["seg"], next(iter(results.values()))
+    document.add(Heading(f"{domain}: segmentation", 2), Paragraph(
+        f"{first['architecture']} decoder on the same backbone, fine-tuned at {first['label_fraction']:.0%} of the "
+        f"labelled training chips; {first['n_test']} test chips; pixels marked ignore (nodata, padding) not scored."),
+        segmentation_table(seg, first["classes"]))
+    sentence = compare(seg, "finetune", "miou", setting=f"Segmentation, {first['label_fraction']:.0%} labels: ")
+    if sentence:
+        document.add(Bullets([sentence]))
+    inits = [init for init in INIT_ORDER if init in results and results[init].get("overlays", {}).get("chips")]
+    if inits:
+        chips = load_chipset(inputs.ingest_dir / domain)
+        shown = results[inits[0]]["overlays"]["chips"]
+        images = [display_views(np.asarray(chips.images[i], dtype=np.float32), chips.channel_names, preset.display)[0]
+                  for i in shown]
+        columns = {"truth": [np.asarray(chips.masks[i]) for i in shown],
+                   **{init: results[init]["overlays"]["predicted"] for init in inits}}
+        document.add(Figure(figures.segmentation_overlays(
+            images, columns, first["classes"], inputs.reports_dir / "figures" / f"segmentation_{domain}.png",
+            f"{domain}: segmentation (seed {first['seeds'][0]})"),
+            f"{domain}: test chips, ground truth and each initialisation's prediction (first seed)"))
+
+
 def _write_curve_csv(path: Path, curves: dict[str, list[tuple[float, float, float]]]) -> None:
     """label_fraction, then one mean column per init: the shape `dvc plots` draws as one line per column."""
     fractions = sorted({point[0] for points in curves.values() for point in points})
@@ -154,13 +183,16 @@ def _write_curve_csv(path: Path, curves: dict[str, list[tuple[float, float, floa
             writer.writerow(row)
 
 
-def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]]) -> list[str]:
+def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]],
+                segmentation: dict[str, dict[str, dict]]) -> list[str]:
     lines = [f"{key}: {value}" for key, value in inputs.provenance.items()]
     for domain in inputs.domains:
         digests = ", ".join(f"{name} {file_sha256(inputs.ingest_dir / domain / name)[:12]}"
                             for name in DATA_FILES if (inputs.ingest_dir / domain / name).exists())
         lines.append(f"data {domain} (sha256): {digests}")
         walls = {init: result.get("wall_s") for init, result in results[domain].items() if result.get("wall_s")}
+        walls.update({f"seg_{init}": result["wall_s"] for init, result in segmentation[domain].items()
+                      if result.get("wall_s")})
         summary = inputs.pretrain_dir / domain / "summary.json"
         if summary.exists() and read_json(summary).get("wall_s"):
             walls = {"pretrain": read_json(summary)["wall_s"], **walls}

@@ -17,7 +17,7 @@ TINY = {
              "remote": {"scenes": 2, "scene_size": 256}},
     "simclr": {"epochs": 2, "batch_size": 16, "image_size": 32, "knn_every_epochs": 1},
     "evaluate": {"seeds": [0, 1], "label_fraction": 0.5, "label_fractions": [0.5, 1.0],
-                 "finetune": {"steps": 2, "batch_size": 8}},
+                 "finetune": {"steps": 2, "batch_size": 8}, "segmentation": {"steps": 2, "batch_size": 4}},
 }
 EXPECTED_INITS = {"simclr": ("linear", "finetune"), "imagenet": ("linear", "finetune"),
                   "random": ("linear", "finetune"), "floor": ("linear",)}
@@ -72,7 +72,9 @@ def test_metrics_file_has_every_key(tiny_repo):
     assert "medical" in report and "simclr" in report and "±" in report
     assert "data:image/png;base64" in (root / "reports" / "report.html").read_text()
     for domain in ("medical", "remote"):
-        for figure in ("label_efficiency", "pretrain", "augmentations", "confusion", "embedding"):
+        for init in ("simclr", "imagenet", "random"):
+            assert 0 <= metrics[domain]["seg"][init]["finetune"]["miou"] <= 1
+        for figure in ("label_efficiency", "pretrain", "augmentations", "confusion", "embedding", "segmentation"):
             assert (root / "reports" / "figures" / f"{figure}_{domain}.png").stat().st_size > 5000
         assert metrics[domain]["cls"]["simclr"]["linear_100pct"]["auroc"] >= 0
 

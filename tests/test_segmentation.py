@@ -1,0 +1,87 @@
+"""Segmentation transfer: metrics on hand-made cases, exact encoder weight transfer, a tiny fine-tune."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import EvaluateConfig, SegmentationConfig
+from pipeline.data.chips import ChipSet
+from pipeline.metrics import segmentation_confusion, segmentation_metrics
+from pipeline.models.backbone import create_backbone, export_backbone
+from pipeline.tasks.evaluate_segmentation import evaluate_segmentation
+from pipeline.tasks.segmentation import ARCHITECTURES, build_segmenter, transfer_encoder_weights
+
+NAME = "tf_efficientnet_lite0"
+
+
+def _metrics(truth, predicted, classes=("a", "b", "c")):
+    return segmentation_metrics(segmentation_confusion(np.asarray(truth), np.asarray(predicted), len(classes)),
+                                list(classes))
+
+
+def test_perfect_prediction_scores_one_and_disjoint_scores_zero():
+    truth = np.array([[0, 0, 1], [1, 2, 2]])
+    perfect = _metrics(truth, truth)
+    assert perfect["miou"] == perfect["mdice"] == 1.0 and perfect["dice_c"] == 1.0
+    disjoint = _metrics(np.zeros((2, 2), int), np.ones((2, 2), int), ("a", "b"))
+    assert disjoint["miou"] == 0.0 and disjoint["dice_a"] == 0.0 and disjoint["dice_b"] == 0.0
+
+
+def test_ignored_pixels_and_absent_classes_do_not_count():
+    truth = np.array([[0, 0, 255, 255]])
+    predicted = np.array([[0, 0, 1, 1]])  # wrong only where the truth says "ignore"
+    scores = _metrics(truth, predicted)
+    assert scores["miou"] == 1.0 and np.isnan(scores["dice_b"]) and np.isnan(scores["dice_c"])
+    half = _metrics(np.array([[0, 1]]), np.array([[0, 0]]), ("a", "b"))  # IoU a = 1/2, b = 0
+    assert half["miou"] == pytest.approx(0.25) and half["dice_a"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_simclr_export_reaches_every_encoder_tensor_exactly(tmp_path, architecture):
+    pretrained, _ = create_backbone(NAME, "random", 4, seed=3)
+    export_backbone(pretrained, tmp_path, {"backbone": NAME, "in_chans": 4})
+    loaded, _ = create_backbone(NAME, "simclr", 4, simclr_export=tmp_path)
+    model = build_segmenter(loaded, NAME, architecture, 4, num_classes=5)
+    exported = torch.load(tmp_path / "backbone.pth")
+    encoder = model.encoder.model.state_dict()
+    assert encoder.keys() <= exported.keys()
+    for key, tensor in encoder.items():
+        assert torch.equal(tensor, exported[key]), key
+    assert {k.split(".")[0] for k in exported.keys() - encoder.keys()} == {"conv_head", "bn2"}
+
+
+def test_transfer_refuses_a_backbone_that_does_not_cover_the_encoder():
+    backbone, _ = create_backbone(NAME, "random", 3)
+    model = build_segmenter(backbone, NAME, "unet", 3, 2)
+    state = backbone.state_dict()
+    del state["conv_stem.weight"]
+    truncated = torch.nn.Module()
+    truncated.state_dict = lambda: state  # a backbone missing its stem
+    with pytest.raises(ValueError, match="missing \\['conv_stem.weight'\\]"):
+        transfer_encoder_weights(truncated, model.encoder.model)
+
+
+def _chips_with_masks(n=24, size=32):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 0.2, (n, 4, size, size)).astype(np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[:, size // 2 :] = 1
+    images[:, :, size // 2 :] += 0.6  # class 1 is the bright half
+    masks[:, :2] = 255  # a nodata strip
+    split = ["train"] * 12 + ["val"] * 4 + ["test"] * 8
+    manifest = [{"split": s, "label": "x"} for s in split]
+    return ChipSet(images=images, valid=masks != 255, manifest=manifest, classes=["x"], channel_names=list("abcd"),
+                   mean=np.full(4, 0.4, np.float32), std=np.full(4, 0.3, np.float32), masks=masks,
+                   mask_classes=["dark", "bright"])
+
+
+def test_tiny_finetune_is_deterministic_and_scored():
+    chips = _chips_with_masks()
+    cfg = EvaluateConfig(label_fraction=1.0, seeds=[0, 1], segmentation=SegmentationConfig(steps=3, batch_size=4))
+    make = lambda: create_backbone(NAME, "random", 4, seed=0)[0]  # noqa: E731
+    first = evaluate_segmentation(make, NAME, chips, cfg, "remote_multispectral", {"init": "random"})
+    second = evaluate_segmentation(make, NAME, chips, cfg, "remote_multispectral", {"init": "random"})
+    assert first["per_seed"] == second["per_seed"]
+    summary = first["summary"]["finetune"]
+    assert 0 <= summary["miou"] <= 1 and {"dice_dark", "dice_bright", "miou_ci95"} <= summary.keys()
+    assert len(first["overlays"]["predicted"]) == 4 and np.asarray(first["overlays"]["predicted"]).shape[1:] == (32, 32)
