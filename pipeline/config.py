@@ -161,7 +161,7 @@ class LinearProbeConfig(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    steps: PositiveInt = 70
+    steps: PositiveInt = 60
     batch_size: PositiveInt = 16
     lr: PositiveFloat = 1e-3
     head_lr_multiplier: PositiveFloat = 10.0
