@@ -40,9 +40,11 @@ def test_rasterio_test_rasters(tmp_path):
 def test_dicom_ct_with_segmentation_objects(tmp_path):
     report = _ingest(REALDATA / "dcmqi_ct_seg", "medical_ct", tmp_path, split_fractions=(0.34, 0.33, 0.33))
     _accounted(report)
-    assert report["files"]["ingested"] >= 3  # the CT slices
-    not_ingested = {line["path"] for line in report["rejected"] + report["skipped"]}
-    assert "sr-example/sr.dcm" in not_ingested  # a structured report has no pixels to learn from
+    assert report["files"]["ingested"] >= 3 and report["files"]["rejected"] == 0  # CT slices and multi-frame CT
+    skipped = {line["path"]: line["reason"] for line in report["skipped"]}
+    assert "not an image" in skipped["sr-example/sr.dcm"]  # a structured report has no pixels to learn from
+    assert "segmentation object" in skipped["segmentations/liver.dcm"]  # DICOM SEG: a label, not an image
+    assert report["chips"]["kept"] > report["files"]["ingested"]  # multi-frame objects give one chip per frame
 
 
 def test_chest_xray_pngs_as_an_image_folder(tmp_path):

@@ -80,6 +80,8 @@ def test_values_equal_pydicom_modality_lut(name):
     assert image.valid.dtype == bool and image.valid.shape == expected.shape
     assert image.modality == ds.Modality and image.photometric == ds.PhotometricInterpretation
     assert image.patient_key == ds.PatientID and image.study_key == ds.StudyInstanceUID
+    assert image.sop_instance_uid == ds.SOPInstanceUID and image.frame_index == 0
+    assert image.source_photometric == ds.PhotometricInterpretation
 
 
 def test_ct_metadata_and_hu_units():

@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.atomic import read_json
 
-MANIFEST_FIELDS = ("chip_id", "source", "group", "split", "label", "row", "col", "crs", "transform")
+MANIFEST_FIELDS = ("chip_id", "source", "frame", "group", "split", "label", "row", "col", "crs", "transform")
 UNLABELLED = -1
 MASK_IGNORE = 255
 

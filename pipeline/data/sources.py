@@ -20,7 +20,7 @@ import numpy as np
 
 from pipeline.config import DomainDataConfig
 from pipeline.io import UnreadableImageError
-from pipeline.io.dicom import HUWindow, is_dicom_file, read_dicom, window_stack
+from pipeline.io.dicom import GREYSCALE, HUWindow, NotAnImageError, is_dicom_file, iter_dicom_frames, window_stack
 from pipeline.io.geotiff import iter_chips, read_label_chip, read_scene_info
 
 MASK_NODATA = 255
@@ -106,9 +106,12 @@ def resize_chip(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.
 
 
 def read_file_safely(reader: Callable[[FileTask], FileChips], task: FileTask) -> FileChips:
-    """Run one reader; an unreadable file becomes a rejection with the path relative to the source."""
+    """Run one reader: a non-image object (SR, SEG, DICOMDIR …) is skipped, an unreadable file rejected,
+    both with a one-line reason whose path is relative to the source."""
     try:
         return reader(task)
+    except NotAnImageError as error:  # a subclass of UnreadableImageError: catch it first
+        return FileChips(task.relative, skipped=str(error).replace(str(task.path), task.relative))
     except UnreadableImageError as error:
         return FileChips(task.relative, rejected=str(error).replace(str(task.path), task.relative))
 
@@ -126,20 +129,30 @@ def dicom_channel_names(cfg: DomainDataConfig) -> list[str]:
 
 
 def read_dicom_file(task: FileTask) -> FileChips:
-    """One chip per slice: modality LUT → resized to ``chip_size`` in HU → HU windows as channels.
+    """One chip per frame: modality LUT → resized to ``chip_size`` in HU → HU windows as channels.
 
     Resizing comes before windowing: area-averaging HU values is physically meaningful (the mean
     attenuation of the larger pixel), the windows then map HU to display values exactly as for a native
     low-resolution scan, and the windows run on 64² instead of 512² pixels (3 × less work per window).
+
+    Multi-frame and enhanced multi-frame objects give one chip per frame (each with its own rescale); a
+    colour frame (secondary capture, screenshot) has no HU values to window and is skipped with a reason.
     """
     windows = [HUWindow(w.center, w.width) for w in task.cfg.dicom.hu_windows]
-    image = read_dicom(task.path)
-    values, valid = resize_chip(image.values[None].astype(np.float32, copy=False), image.valid, task.cfg.chip_size)
-    channels = window_stack(values[0], windows, invert=image.needs_inversion)
-    row = {"source": task.relative, "group": pseudonymise(image.patient_key, task.salt),
-           "label": task.labels.get(task.relative, "")}
-    mask = read_raster_mask(task.source / "masks" / Path(task.relative).with_suffix(".png"), task.cfg.chip_size, valid)
-    return FileChips(task.relative, [channels], [valid], [row], dicom_channel_names(task.cfg), [mask])
+    out = FileChips(task.relative, channel_names=dicom_channel_names(task.cfg))
+    for image in iter_dicom_frames(task.path):
+        if image.source_photometric and image.source_photometric not in GREYSCALE:
+            raise NotAnImageError(f"{task.path}: colour image ({image.source_photometric}): HU windows do not "
+                                  "apply, skipped")
+        values, valid = resize_chip(image.values[None].astype(np.float32, copy=False), image.valid,
+                                    task.cfg.chip_size)
+        out.images.append(window_stack(values[0], windows, invert=image.needs_inversion))
+        out.valid.append(valid)
+        out.rows.append({"source": task.relative, "frame": image.frame_index,
+                         "group": pseudonymise(image.patient_key, task.salt), "label": task.labels.get(task.relative, "")})
+        mask_path = task.source / "masks" / Path(task.relative).with_suffix(".png")
+        out.masks.append(read_raster_mask(mask_path, task.cfg.chip_size, valid) if image.frame_index == 0 else None)
+    return out
 
 
 def read_raster_mask(path: Path, size: int, valid: np.ndarray) -> np.ndarray | None:

@@ -1,42 +1,74 @@
-"""DICOM file → float image in modality units + valid-pixel mask + grouping metadata.
+"""DICOM file → float image(s) in modality units + valid-pixel mask + grouping metadata.
 
 Pixel pipeline (DOMAIN.md §3), split between two steps so that one decoded image can be windowed several ways:
 
-1. :func:`read_dicom`: decode (``ds.pixel_array``; compressed transfer syntaxes through the pylibjpeg plugins)
-   → **modality LUT** (``pydicom.pixels.apply_modality_lut``: RescaleSlope/Intercept, so CT becomes HU)
-   → **PixelPaddingValue** mask (compared with the *stored* values, as the standard defines it).
+1. :func:`read_dicom_frames` (or :func:`read_dicom` for one greyscale frame): decode (pydicom ``iter_pixels``;
+   compressed transfer syntaxes through the pylibjpeg plugins) → **modality LUT** per frame
+   (``pydicom.pixels.apply_modality_lut``: RescaleSlope/Intercept, so CT becomes HU) → **PixelPaddingValue**
+   mask (compared with the *stored* values, as the standard defines it).
 2. :func:`window_stack` (CT: one HU window per channel) or :func:`percentile_window` (X-ray, MR)
    → values in [0, 1] → **MONOCHROME1 inversion**.
 
-MONOCHROME1 policy: :func:`read_dicom` never inverts. ``DicomImage.values`` stay in modality units (for
-MONOCHROME1, low stored values are displayed *bright*), so HU and other physical values keep their meaning and
-windows stay comparable between files. The windowing functions take ``invert``; the caller sets it from
-``DicomImage.needs_inversion`` (``photometric == "MONOCHROME1"``). After windowing, 1.0 is therefore always
-"bright / dense" whatever the file's photometric interpretation.
+Transfer syntaxes: whatever pydicom 3 decodes with pylibjpeg + pylibjpeg-libjpeg + pylibjpeg-openjpeg and its
+own native / RLE support: implicit and explicit VR little endian, explicit big endian, deflated, RLE, JPEG
+baseline / extended / lossless (process 14, SV1), JPEG-LS lossless and near-lossless, JPEG 2000 and HTJ2K
+(openjpeg ≥ 2.5 decodes HT code-blocks). Anything else (MPEG / H.264 video, JPIP, a missing plugin, a corrupt
+codestream) raises :class:`~pipeline.io.UnreadableImageError` whose one line names the file and the syntax.
 
-Only single-frame greyscale images are supported for now: multi-frame objects and colour images raise
-:class:`~pipeline.io.UnreadableImageError`.
+Policies:
+
+* **MONOCHROME1**: the readers never invert. ``DicomImage.values`` stay in modality units (for MONOCHROME1,
+  low stored values are displayed *bright*), so HU and other physical values keep their meaning and windows
+  stay comparable between files. The windowing functions take ``invert``; the caller sets it from
+  ``DicomImage.needs_inversion``. After windowing, 1.0 is always "bright / dense".
+* **Multi-frame**: :func:`read_dicom_frames` returns one :class:`DicomImage` per frame, in frame order
+  (``frame_index`` 0-based), each with its own modality LUT: RescaleSlope/Intercept from the frame's
+  Pixel Value Transformation functional group (per-frame, else shared, else top level) and its own pixel
+  spacing. :func:`read_dicom` is the single-image reader kept for existing callers: it raises for a
+  multi-frame object (it never silently keeps frame 0 and drops the rest).
+* **Colour**: the models are greyscale (CT windows, X-ray, MR), and colour in a PACS export is mostly
+  ultrasound, secondary captures and screenshots, where hue is Doppler or annotation overlay and brightness
+  carries the anatomy. :func:`read_dicom_frames` therefore turns RGB, YBR_FULL, YBR_FULL_422 (pydicom's
+  decoder converts them to RGB with ``pydicom.pixels.convert_color_space``), YBR_ICT/YBR_RCT (JPEG 2000) and
+  PALETTE COLOR (``pydicom.pixels.apply_color_lut``) into **one ITU-R BT.601 luminance channel**
+  (0.299 R + 0.587 G + 0.114 B, i.e. the Y of YBR_FULL) in the decoded sample units (0–255 for 8-bit samples),
+  reported as ``photometric="MONOCHROME2"`` with the file's own value in ``source_photometric``. Colour images
+  have no calibrated units: window them with :func:`percentile_window`. :func:`read_dicom` stays
+  greyscale-only and rejects colour.
+* **Not images**: SR, KO, PR, RT plan / dose / structure set, waveforms, DICOMDIR, SEG … raise
+  :class:`NotAnImageError` (a subclass of ``UnreadableImageError``): report them as *skipped*, not *rejected*.
+  SEG and RTSTRUCT are labels: they raise the subclass :class:`SegmentationObjectError`, and
+  :func:`read_segmentation_reference` reads which images they refer to.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 
 from pipeline.io import UnreadableImageError
+from pipeline.io.dicom_files import (
+    NotAnImageError, SegmentationObjectError, check_image_object, frame_count, is_dicom_file, read_dataset,
+)
+from pipeline.io.dicom_pixels import (
+    GREYSCALE, check_photometric, decode_frames, frame_pixel_spacing, frame_values, padding_mask,
+    photometric_of,
+)
+from pipeline.io.dicom_seg import SegmentationFrame, SegmentationReference, read_segmentation_reference
+
+__all__ = [
+    "GREYSCALE", "DicomImage", "HUWindow", "NotAnImageError", "SegmentationFrame", "SegmentationObjectError",
+    "SegmentationReference",
+    "is_dicom_file", "iter_dicom_frames", "padding_mask", "percentile_window", "read_dicom",
+    "read_dicom_frames", "read_segmentation_reference", "window_stack",
+]
 
 log = logging.getLogger(__name__)
-
-GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
-_PREAMBLE_BYTES = 128
-_MAGIC = b"DICM"
 
 
 @dataclass(frozen=True)
@@ -59,20 +91,24 @@ class HUWindow:
 
 @dataclass(frozen=True)
 class DicomImage:
-    """One decoded greyscale DICOM image.
+    """One decoded greyscale image: a single-frame file, or one frame of a multi-frame file.
 
     Attributes:
         values: (H, W) float32 after the modality LUT (HU for CT), *not* inverted for MONOCHROME1 and not
-            windowed (see the module docstring).
+            windowed; for a colour file, its BT.601 luminance (see the module docstring).
         valid: (H, W) bool, False at PixelPaddingValue pixels (or inside the padding range when
             PixelPaddingRangeLimit is present).
-        photometric: PhotometricInterpretation, ``MONOCHROME1`` or ``MONOCHROME2``.
+        photometric: ``MONOCHROME1`` or ``MONOCHROME2`` (colour files: ``MONOCHROME2``, as luminance).
         modality: Modality (``CT``, ``CR``, ``MR`` …), ``""`` when absent.
         patient_key: raw PatientID, else PatientName, else StudyInstanceUID. PHI: the caller hashes it and
             must never log or write it.
         study_key: raw StudyInstanceUID, ``""`` when absent (PHI-adjacent: hash before writing).
-        pixel_spacing_mm: (row, column) spacing in mm from PixelSpacing, else ImagerPixelSpacing (detector
-            plane, for projection X-ray), else None.
+        pixel_spacing_mm: (row, column) spacing in mm from the frame's Pixel Measures functional group, else
+            PixelSpacing, else ImagerPixelSpacing (detector plane, for projection X-ray), else None.
+        sop_instance_uid: SOPInstanceUID of the file, to match DICOM-SEG / RTSTRUCT references
+            (:class:`SegmentationReference`); ``""`` when absent. PHI-adjacent: never log it.
+        frame_index: 0-based frame of a multi-frame file (DICOM frame numbers are ``frame_index + 1``).
+        source_photometric: the file's PhotometricInterpretation before any colour → luminance conversion.
     """
 
     values: np.ndarray
@@ -82,6 +118,9 @@ class DicomImage:
     patient_key: str
     study_key: str
     pixel_spacing_mm: tuple[float, float] | None
+    sop_instance_uid: str = ""
+    frame_index: int = 0
+    source_photometric: str = ""
 
     @property
     def needs_inversion(self) -> bool:
@@ -89,115 +128,78 @@ class DicomImage:
         return self.photometric == "MONOCHROME1"
 
 
-def is_dicom_file(path: Path) -> bool:
-    """Whether ``path`` is a DICOM Part 10 file, by its 128-byte preamble + ``DICM`` magic, not its extension.
-
-    Many archives store DICOM without a ``.dcm`` suffix. Files without the preamble (old ACR-NEMA streams)
-    are not recognised. Unreadable paths and folders return False.
-    """
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(_PREAMBLE_BYTES + len(_MAGIC))
-    except OSError:
-        return False
-    return head[_PREAMBLE_BYTES:] == _MAGIC
-
-
 def read_dicom(path: Path) -> DicomImage:
     """Decode one single-frame greyscale DICOM file into modality values, a valid mask and grouping keys.
 
+    The strict reader kept for existing callers; real-world folders should use :func:`read_dicom_frames`,
+    which also reads multi-frame and colour images.
+
     Args:
-        path: a DICOM Part 10 file, any transfer syntax pydicom + pylibjpeg can decode.
+        path: a DICOM file, any transfer syntax pydicom + pylibjpeg can decode.
 
     Returns:
         The image; ``values`` is (H, W) float32 in modality units (HU for CT).
 
     Raises:
-        UnreadableImageError: not DICOM, truncated, no pixel data, undecodable transfer syntax, colour or
-            multi-frame image, or no key to group the image by patient. The message names the file.
+        NotAnImageError: a valid DICOM object that is not an image (SR, RT dose, SEG, DICOMDIR …).
+        UnreadableImageError: not DICOM, truncated, undecodable transfer syntax, colour or multi-frame image,
+            or no key to group the image by patient. The message names the file.
     """
     path = Path(path)
-    ds = _read_dataset(path)
-    photometric = _check_greyscale_single_frame(ds, path)
-    stored = _decode(ds, path)
-    values = _modality_values(stored, ds, path)
-    return DicomImage(
-        values=values,
-        valid=padding_mask(stored, ds),
-        photometric=photometric,
-        modality=str(ds.get("Modality", "") or ""),
-        patient_key=_patient_key(ds, path),
-        study_key=str(ds.get("StudyInstanceUID", "") or ""),
-        pixel_spacing_mm=_pixel_spacing(ds),
-    )
-
-
-def _read_dataset(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except FileNotFoundError as error:
-        raise UnreadableImageError(f"{path}: file not found") from error
-    except Exception as error:  # pydicom raises many types for corrupt input; one error type for callers
-        reason = f"{type(error).__name__}: {error}"
-        raise UnreadableImageError(f"{path}: not a readable DICOM file ({reason})") from error
-
-
-def _check_greyscale_single_frame(ds: Dataset, path: Path) -> str:
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise UnreadableImageError(f"{path}: DICOM file has no pixel data")
-    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    ds = read_dataset(path)
+    check_image_object(ds, path)
+    photometric = photometric_of(ds)
     if photometric not in GREYSCALE or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         found = photometric or "<missing>"
-        raise UnreadableImageError(f"{path}: unsupported photometric interpretation {found}"
-                                   " (only MONOCHROME1/MONOCHROME2 for now)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raise UnreadableImageError(f"{path}: unsupported photometric interpretation {found} "
+                                   "(read_dicom reads greyscale only; read_dicom_frames converts colour)")
+    frames = frame_count(ds, path)
     if frames != 1:
-        raise UnreadableImageError(f"{path}: multi-frame DICOM ({frames} frames) is not supported yet")
-    return photometric
+        raise UnreadableImageError(f"{path}: multi-frame DICOM ({frames} frames): "
+                                   "read it with read_dicom_frames")
+    return next(_images(ds, path))
 
 
-def _decode(ds: Dataset, path: Path) -> np.ndarray:
-    try:
-        stored = ds.pixel_array
-    except Exception as error:  # missing plugin, truncated or corrupt codestream: one error type for callers
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
-        raise UnreadableImageError(f"{path}: cannot decode pixel data ({name}): {error}") from error
-    if stored.ndim != 2:
-        raise UnreadableImageError(f"{path}: expected one 2-D greyscale frame, decoded shape {stored.shape}")
-    return stored
+def read_dicom_frames(path: Path) -> list[DicomImage]:
+    """Decode every frame of a DICOM image file: one :class:`DicomImage` per frame, in frame order.
 
+    Single-frame files give a list of one. Greyscale, colour and palette images are all read (colour as
+    BT.601 luminance); see the module docstring for the multi-frame and colour policies.
 
-def _modality_values(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
-    try:
-        values = apply_modality_lut(stored, ds)
-    except Exception as error:  # malformed Modality LUT Sequence / rescale values
-        raise UnreadableImageError(f"{path}: cannot apply the modality LUT: {error}") from error
-    return np.ascontiguousarray(values, dtype=np.float32)
-
-
-def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Valid-pixel mask from PixelPaddingValue / PixelPaddingRangeLimit, on the *stored* values.
-
-    The standard (PS3.3 C.7.5.1.1.2) defines padding in stored-value units, before the modality LUT, so the
-    comparison is done there. With a range limit, every value between the two (inclusive, either order) is
-    padding.
-
-    Args:
-        stored: (H, W) decoded stored values (``ds.pixel_array``).
-        ds: the dataset the values came from.
-
-    Returns:
-        (H, W) bool, False at padding pixels; all True when the file declares no padding.
+    Raises:
+        NotAnImageError: a valid DICOM object that is not an image (SR, RT plan/dose, PR, KO, SEG, RTSTRUCT,
+            DICOMDIR …): skip it.
+        UnreadableImageError: not DICOM, truncated, undecodable, unsupported photometric interpretation, or no
+            key to group the image by patient. The message is one line and names the file.
     """
-    padding = ds.get("PixelPaddingValue")
-    if padding is None:
-        return np.ones(stored.shape, dtype=bool)
-    limit = ds.get("PixelPaddingRangeLimit")
-    if limit is None:
-        return stored != padding
-    low, high = min(padding, limit), max(padding, limit)
-    return (stored < low) | (stored > high)
+    return list(iter_dicom_frames(path))
+
+
+def iter_dicom_frames(path: Path) -> Iterator[DicomImage]:
+    """:func:`read_dicom_frames` decoded one frame at a time, for large multi-frame files (tomosynthesis).
+
+    Only one decoded frame is held at a time (the file's encoded bytes are read once). The file is checked
+    (readable, an image, supported photometric, patient key) when this is called; a decoding error of a later
+    frame is raised while iterating.
+    """
+    path = Path(path)
+    ds = read_dataset(path)
+    check_image_object(ds, path)
+    check_photometric(ds, path)
+    frame_count(ds, path)
+    return _images(ds, path)
+
+
+def _images(ds: Dataset, path: Path) -> Iterator[DicomImage]:
+    """Decoded frames as :class:`DicomImage`; the identity keys are checked before any decoding."""
+    keys = {"modality": str(ds.get("Modality", "") or ""), "patient_key": _patient_key(ds, path),
+            "study_key": str(ds.get("StudyInstanceUID", "") or ""),
+            "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
+            "source_photometric": photometric_of(ds)}
+    photometric = keys["source_photometric"] if keys["source_photometric"] in GREYSCALE else "MONOCHROME2"
+    return (DicomImage(*frame_values(stored, ds, index, path), photometric=photometric, frame_index=index,
+                       pixel_spacing_mm=frame_pixel_spacing(ds, index), **keys)
+            for index, stored in enumerate(decode_frames(ds, path)))
 
 
 def _patient_key(ds: Dataset, path: Path) -> str:
@@ -206,14 +208,6 @@ def _patient_key(ds: Dataset, path: Path) -> str:
         if value:
             return value
     raise UnreadableImageError(f"{path}: no PatientID, PatientName or StudyInstanceUID to group the image by")
-
-
-def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        spacing = ds.get(keyword)
-        if spacing is not None and len(spacing) == 2:
-            return float(spacing[0]), float(spacing[1])
-    return None
 
 
 def _linear_window(values: np.ndarray, window: HUWindow) -> np.ndarray:

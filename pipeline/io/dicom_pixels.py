@@ -1,0 +1,155 @@
+"""Decoded frames → modality values: per-frame modality LUT, colour → luminance, padding mask, pixel spacing.
+
+Enhanced multi-frame objects (Enhanced CT/MR/XA, Legacy Converted Enhanced …) keep per-frame attributes in
+*functional groups* (PS3.3 C.7.6.16): a frame's macro is in ``PerFrameFunctionalGroupsSequence[frame]``, else
+in ``SharedFunctionalGroupsSequence[0]``, else (classic objects) at the top level of the dataset. Rescale
+slope/intercept and pixel spacing are looked up in that order for every frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, iter_pixels
+
+from pipeline.io import UnreadableImageError
+from pipeline.io.dicom_files import one_line
+
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# pydicom's decoders return these as RGB: YBR_FULL / YBR_FULL_422 through pydicom.pixels.convert_color_space
+# (the default ``as_rgb``), YBR_ICT / YBR_RCT through the JPEG 2000 codec's inverse component transform.
+RGB_DECODED = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+PALETTE = "PALETTE COLOR"
+BT601_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights of R, G, B: the Y of YBR_FULL
+
+
+def photometric_of(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+
+
+def check_photometric(ds: Dataset, path: Path) -> str:
+    """The PhotometricInterpretation, if supported with this SamplesPerPixel; else a one-line error."""
+    photometric, samples = photometric_of(ds), int(ds.get("SamplesPerPixel", 1) or 1)
+    supported = {**dict.fromkeys(GREYSCALE, 1), **dict.fromkeys(RGB_DECODED, 3), PALETTE: 1}
+    if supported.get(photometric) != samples:
+        found = photometric or "<missing>"
+        raise UnreadableImageError(f"{path}: unsupported photometric interpretation {found} with "
+                                   f"{samples} samples per pixel")
+    return photometric
+
+
+def decode_frames(ds: Dataset, path: Path) -> Iterator[np.ndarray]:
+    """Stored values frame by frame (pydicom ``iter_pixels``: one frame in memory at a time).
+
+    Yields (H, W) stored values for greyscale and palette images, (H, W, 3) RGB for colour ones.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(syntax, "name", syntax) or "no transfer syntax"
+    try:
+        yield from iter_pixels(ds)
+    except Exception as error:  # missing plugin, truncated or corrupt codestream: one error type for callers
+        raise UnreadableImageError(f"{path}: cannot decode pixel data ({name}): {one_line(error)}") from error
+
+
+def frame_values(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One decoded frame → ((H, W) float32 values, (H, W) bool valid mask), following the colour policy.
+
+    Greyscale: modality LUT with this frame's rescale (:func:`frame_modality_source`), padding masked.
+    RGB-decoded colour: BT.601 luminance of the RGB samples, every pixel valid (padding is for greyscale).
+    PALETTE COLOR: the palette (``apply_color_lut``) → BT.601 luminance; padding masked on the stored indices.
+    """
+    photometric = photometric_of(ds)
+    expected_ndim = 3 if photometric in RGB_DECODED else 2
+    if stored.ndim != expected_ndim:
+        raise UnreadableImageError(f"{path}: frame {index} decoded to shape {stored.shape}, expected "
+                                   f"{expected_ndim} dimensions for {photometric}")
+    if photometric in RGB_DECODED:
+        return luminance(stored), np.ones(stored.shape[:2], dtype=bool)
+    if photometric == PALETTE:
+        return _palette_luminance(stored, ds, path), padding_mask(stored, ds)
+    return _modality_values(stored, ds, index, path), padding_mask(stored, ds)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3 or 4) RGB(A) → (H, W) float32 BT.601 luminance in the same units (0–255 for 8-bit samples)."""
+    return np.ascontiguousarray(rgb[..., :3].astype(np.float64) @ BT601_LUMA, dtype=np.float32)
+
+
+def _palette_luminance(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+    try:
+        rgb = apply_color_lut(stored, ds)
+    except Exception as error:  # missing or malformed palette descriptors / data
+        raise UnreadableImageError(f"{path}: cannot apply the palette colour LUT: "
+                                   f"{one_line(error)}") from error
+    return luminance(rgb)
+
+
+def _modality_values(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> np.ndarray:
+    try:
+        values = apply_modality_lut(stored, frame_modality_source(ds, index))
+    except Exception as error:  # malformed Modality LUT Sequence / rescale values
+        raise UnreadableImageError(f"{path}: cannot apply the modality LUT to frame {index}: "
+                                   f"{one_line(error)}") from error
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def functional_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    """The first item of functional-group macro ``sequence`` for frame ``index``: per-frame, else shared."""
+    for groups, item in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups) or []
+        if item < len(items) and items[item].get(sequence):
+            return items[item][sequence][0]
+    return None
+
+
+def frame_modality_source(ds: Dataset, index: int) -> Dataset:
+    """The dataset to hand to ``apply_modality_lut`` for frame ``index``.
+
+    pydicom's ``apply_modality_lut`` reads RescaleSlope/Intercept (or the Modality LUT Sequence) at the top
+    level only. For enhanced objects the frame's Pixel Value Transformation macro holds them instead, so a
+    small dataset with just that frame's slope and intercept is built; classic objects use ``ds`` itself.
+    """
+    macro = functional_group(ds, index, "PixelValueTransformationSequence")
+    if macro is None or "RescaleSlope" not in macro or "RescaleIntercept" not in macro:
+        return ds
+    rescale = Dataset()
+    rescale.RescaleSlope, rescale.RescaleIntercept = macro.RescaleSlope, macro.RescaleIntercept
+    return rescale
+
+
+def frame_pixel_spacing(ds: Dataset, index: int) -> tuple[float, float] | None:
+    """(row, column) spacing in mm: the frame's Pixel Measures macro, else PixelSpacing, else
+    ImagerPixelSpacing (detector plane, for projection X-ray), else None."""
+    macro = functional_group(ds, index, "PixelMeasuresSequence")
+    for source, keyword in ((macro, "PixelSpacing"), (ds, "PixelSpacing"), (ds, "ImagerPixelSpacing")):
+        spacing = source.get(keyword) if source is not None else None
+        if spacing is not None and len(spacing) == 2:
+            return float(spacing[0]), float(spacing[1])
+    return None
+
+
+def padding_mask(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Valid-pixel mask from PixelPaddingValue / PixelPaddingRangeLimit, on the *stored* values.
+
+    The standard (PS3.3 C.7.5.1.1.2) defines padding in stored-value units, before the modality LUT, so the
+    comparison is done there. With a range limit, every value between the two (inclusive, either order) is
+    padding.
+
+    Args:
+        stored: (H, W) decoded stored values (one frame of ``ds.pixel_array``).
+        ds: the dataset the values came from.
+
+    Returns:
+        (H, W) bool, False at padding pixels; all True when the file declares no padding.
+    """
+    padding = ds.get("PixelPaddingValue")
+    if padding is None:
+        return np.ones(stored.shape, dtype=bool)
+    limit = ds.get("PixelPaddingRangeLimit")
+    if limit is None:
+        return stored != padding
+    low, high = min(padding, limit), max(padding, limit)
+    return (stored < low) | (stored > high)
