@@ -205,12 +205,12 @@ class Config(_Strict):
     def _domains_have_data(self) -> Config:
         from pipeline.presets import PRESETS
 
-        for domain in self.grid.seg_domains:
-            if domain not in self.grid.domains:
-                raise ValueError(f"grid.seg_domains lists {domain!r}, which is not in grid.domains")
         for domain in self.grid.domains:
             if domain not in self.data:
                 raise ValueError(f"grid.domains lists {domain!r} but data.{domain} is missing")
+        for domain in self.grid.seg_domains:
+            if domain not in self.grid.domains:
+                raise ValueError(f"grid.seg_domains lists {domain!r}, which is not in grid.domains")
         for domain, section in self.data.items():
             if section.preset not in PRESETS:
                 raise ValueError(f"data.{domain}.preset: unknown preset {section.preset!r}; known: {sorted(PRESETS)}")
