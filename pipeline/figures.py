@@ -148,3 +148,35 @@ def segmentation_overlays(images: list[np.ndarray], columns: dict[str, list[np.n
     figure.suptitle(title)
     figure.tight_layout(rect=(0, 0.06, 1, 0.94))
     return _save(figure, path)
+
+
+def detection_boxes(images: list[np.ndarray], columns: dict[str, list[np.ndarray]], classes: list[str],
+                    path: Path, title: str) -> Path:
+    """Rows = test chips; one column per box set (truth, then each init's predictions) drawn over the image.
+
+    Boxes are (K, 5) ``x0, y0, x1, y1, class_index`` (truth) or (K, 6) with a score before the class index
+    (predictions, already filtered by the caller); edge colour = class (tab10), predictions show their score.
+    """
+    colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
+    figure, axes = plt.subplots(len(images), len(columns), figsize=(2.2 * len(columns), 2.2 * len(images)),
+                                squeeze=False)
+    for row, image in enumerate(images):
+        for col, boxes in enumerate(columns.values()):
+            axis = axes[row][col]
+            axis.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            for box in np.asarray(boxes[row], dtype=np.float32):
+                colour = colours[int(box[-1]) % 10]
+                axis.add_patch(plt.Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1],
+                                             fill=False, edgecolor=colour, linewidth=1))
+                if len(box) == 6:
+                    axis.text(box[0], box[1] - 1, f"{box[4]:.2f}", color=colour, fontsize=5)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis, name in zip(axes[0], columns):
+        axis.set_title(name, fontsize=9)
+    handles = [plt.Rectangle((0, 0), 1, 1, fill=False, edgecolor=colours[i % 10]) for i in range(len(classes))]
+    figure.legend(handles, classes, loc="lower center", ncol=min(len(classes), 6), fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout(rect=(0, 0.06, 1, 0.94))
+    return _save(figure, path)

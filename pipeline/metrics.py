@@ -73,6 +73,32 @@ def segmentation_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[
     return result
 
 
+DETECTION_METRICS = ("map50", "map")
+
+
+def detection_map(truth: list[np.ndarray], predicted: list[np.ndarray]) -> dict[str, float]:
+    """COCO mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) over a set of chips (torchmetrics, pycocotools).
+
+    Args:
+        truth: per chip (M, 5) x0, y0, x1, y1, class_index (pixels).
+        predicted: per chip (K, 6) x0, y0, x1, y1, score, class_index.
+    Without any true box the average precision is undefined: both metrics are NaN then.
+    """
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    metric.update(
+        [{"boxes": torch.as_tensor(p[:, :4], dtype=torch.float32).reshape(-1, 4),
+          "scores": torch.as_tensor(p[:, 4], dtype=torch.float32), "labels": torch.as_tensor(p[:, 5]).long()}
+         for p in predicted],
+        [{"boxes": torch.as_tensor(t[:, :4], dtype=torch.float32).reshape(-1, 4),
+          "labels": torch.as_tensor(t[:, 4]).long()} for t in truth])
+    scores = metric.compute()
+    return {name: float(scores[key]) if float(scores[key]) >= 0 else float("nan")  # -1 = nothing to score
+            for name, key in (("map50", "map_50"), ("map", "map"))}
+
+
 def summarise_runs(runs: list[dict[str, float]], names: tuple[str, ...] | None = None) -> dict[str, float]:
     """Per metric: ``<metric>`` (mean over seeds) and ``<metric>_ci95`` (half-width).
 

@@ -42,20 +42,23 @@ def read_results(evaluate_dir: Path, domains: list[str]) -> dict[str, dict[str, 
     return results
 
 
-def read_segmentation_results(evaluate_dir: Path, domains: list[str]) -> dict[str, dict[str, dict]]:
-    """domain → init → the segment stage's JSON (``seg_<init>.json``), for every file present."""
-    return {domain: {init: read_json(evaluate_dir / domain / f"seg_{init}.json") for init in INIT_ORDER
-                     if (evaluate_dir / domain / f"seg_{init}.json").exists()} for domain in domains}
+def read_segmentation_results(evaluate_dir: Path, domains: list[str], task: str = "seg") -> dict[str, dict[str, dict]]:
+    """domain → init → a transfer stage's JSON (``<task>_<init>.json``: seg, det), for every file present."""
+    return {domain: {init: read_json(evaluate_dir / domain / f"{task}_{init}.json") for init in INIT_ORDER
+                     if (evaluate_dir / domain / f"{task}_{init}.json").exists()} for domain in domains}
 
 
 def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path,
-                    segmentation: dict[str, dict[str, dict]] | None = None) -> dict:
+                    segmentation: dict[str, dict[str, dict]] | None = None,
+                    detection: dict[str, dict[str, dict]] | None = None) -> dict:
     """The nested metrics file: each task's per-init, per-protocol summary, plus SimCLR's monitors."""
     metrics: dict = {}
     for domain, by_init in results.items():
         metrics[domain] = {"cls": {init: result["summary"] for init, result in by_init.items()}}
         if segmentation and segmentation.get(domain):
             metrics[domain]["seg"] = {init: result["summary"] for init, result in segmentation[domain].items()}
+        if detection and detection.get(domain):
+            metrics[domain]["det"] = {init: result["summary"] for init, result in detection[domain].items()}
         summary = pretrain_dir / domain / "summary.json"
         if summary.exists():
             metrics[domain]["pretrain"] = read_json(summary)["metrics"]
@@ -101,21 +104,39 @@ def segmentation_table(seg: dict, classes: list[str]) -> Table:
     return _table([i for i in INIT_ORDER if i in seg], columns, seg)
 
 
-def label_efficiency_table(cls: dict, fractions: list[float], metric: str = HEADLINE_METRIC) -> Table:
-    """Linear-probe ``metric`` at each label fraction, per init."""
-    columns = [(f"{fraction:.0%} labels" if fraction >= 0.01 else f"{fraction:.1%} labels",
-                fraction_key("linear", fraction), metric) for fraction in fractions]
-    return _table([i for i in INIT_ORDER if i in cls], columns, cls)
+def detection_table(det: dict) -> Table:
+    """Fine-tuned detection per init: COCO mAP at IoU 0.5 and averaged over IoU 0.5:0.95."""
+    columns = [("mAP@0.5", "finetune", "map50"), ("mAP@0.5:0.95", "finetune", "map")]
+    return _table([i for i in INIT_ORDER if i in det], columns, det)
 
 
-def label_efficiency_curves(cls: dict, fractions: list[float], metric: str = HEADLINE_METRIC) -> dict:
-    """init → [(fraction, mean, ci95)] for the linear probe, as the label-efficiency figure draws it."""
+def fraction_title(fraction: float) -> str:
+    return f"{fraction:.0%}" if fraction >= 0.01 else f"{fraction:.1%}"
+
+
+def label_efficiency_table(by_init: dict, fractions: list[float], metric: str = HEADLINE_METRIC,
+                           protocol: str = "linear") -> Table:
+    """``metric`` of ``protocol`` (linear, finetune) at each label fraction, per init."""
+    columns = [(f"{fraction_title(fraction)} labels", fraction_key(protocol, fraction), metric) for fraction in fractions]
+    return _table([i for i in INIT_ORDER if i in by_init], columns, by_init)
+
+
+def label_efficiency_curves(by_init: dict, fractions: list[float], metric: str = HEADLINE_METRIC,
+                            protocol: str = "linear") -> dict:
+    """init → [(fraction, mean, ci95)] of ``protocol``, as the label-efficiency figure draws it."""
     curves = {}
     for init in INIT_ORDER:
-        if init in cls:
-            points = [(f, *_mean_ci(cls[init].get(fraction_key("linear", f), {}), metric)) for f in fractions]
+        if init in by_init:
+            points = [(f, *_mean_ci(by_init[init].get(fraction_key(protocol, f), {}), metric)) for f in fractions]
             curves[init] = [point for point in points if not math.isnan(point[1])]
-    return curves
+    return {init: points for init, points in curves.items() if points}
+
+
+METRIC_NAMES = {"auroc": "AUROC", "miou": "mIoU", "map50": "mAP@0.5", "map": "mAP@0.5:0.95"}
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
 
 
 def compare(cls: dict, protocol: str, metric: str = HEADLINE_METRIC, setting: str = "") -> str:
@@ -131,21 +152,27 @@ def compare(cls: dict, protocol: str, metric: str = HEADLINE_METRIC, setting: st
         diff = simclr[metric] - ref[metric]
         spread = simclr[f"{metric}_ci95"] + ref[f"{metric}_ci95"]
         if spread == 0:  # e.g. 100 % labels: every seed fits the same labelled set, so there is no CI to judge by
-            parts.append(f"differs from {other} init by {diff:+.3f} {metric.upper()} "
+            parts.append(f"differs from {other} init by {diff:+.3f} {metric_name(metric)} "
                          "(every seed used the same labels: no CI, no significance claim)")
         elif abs(diff) <= spread:
-            parts.append(f"shows no significant difference from {other} init ({diff:+.3f} {metric.upper()}, CIs overlap)")
+            parts.append(f"shows no significant difference from {other} init ({diff:+.3f} {metric_name(metric)}, CIs overlap)")
         else:
             verb = "beats" if diff > 0 else "is worse than"
-            parts.append(f"{verb} {other} init by {abs(diff):.3f} {metric.upper()} (CIs do not overlap)")
+            parts.append(f"{verb} {other} init by {abs(diff):.3f} {metric_name(metric)} (CIs do not overlap)")
     return f"{setting}SimCLR " + "; ".join(parts) + "." if parts else ""
 
 
-def conclusions(cls: dict, label_fraction: float, fractions: list[float]) -> list[str]:
-    """The sentences under a domain's tables: headline protocols, then each label fraction."""
-    sentences = [compare(cls, protocol, setting=f"{protocol.capitalize()}, {label_fraction:.0%} labels: ")
+def conclusions(cls: dict, label_fraction: float) -> list[str]:
+    """The sentences under a domain's classification table, one per headline protocol."""
+    sentences = [compare(cls, protocol, setting=f"{protocol.capitalize()}, {fraction_title(label_fraction)} labels: ")
                  for protocol in PROTOCOLS]
-    sentences += [compare(cls, fraction_key("linear", f), setting=f"Linear probe, {f:.0%} labels: ") for f in fractions]
+    return [sentence for sentence in sentences if sentence]
+
+
+def fraction_conclusions(by_init: dict, fractions: list[float], metric: str, protocol: str, what: str) -> list[str]:
+    """One sentence per label fraction of a label-efficiency sweep."""
+    sentences = [compare(by_init, fraction_key(protocol, f), metric, setting=f"{what}, {fraction_title(f)} labels: ")
+                 for f in fractions]
     return [sentence for sentence in sentences if sentence]
 
 

@@ -20,9 +20,11 @@ from pipeline.data.chips import load_chipset
 from pipeline.display import display_views
 from pipeline.presets import DomainPreset
 from pipeline.report import (
-    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, compare, conclusions, label_efficiency_curves,
-    label_efficiency_table, read_results, read_segmentation_results, segmentation_table,
+    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, compare, conclusions, fraction_conclusions,
+    label_efficiency_curves, label_efficiency_table, metric_name, read_results, read_segmentation_results,
+    segmentation_table,
 )
+from pipeline.report_detection import detection_section
 from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
 from pipeline.ssl.train import embedding_std_reference
 
@@ -49,13 +51,18 @@ def build_report(inputs: ReportInputs) -> dict:
     """Write every report file; return the metrics written to ``metrics.json``."""
     results = read_results(inputs.evaluate_dir, list(inputs.domains))
     segmentation = read_segmentation_results(inputs.evaluate_dir, list(inputs.domains))
-    metrics = collect_metrics(results, inputs.pretrain_dir, segmentation)
+    detection = read_segmentation_results(inputs.evaluate_dir, list(inputs.domains), task="det")
+    metrics = collect_metrics(results, inputs.pretrain_dir, segmentation, detection)
     write_json(inputs.reports_dir / "metrics.json", metrics)
     document = Document("SimCLR vs ImageNet vs random initialisation")
-    document.add(Heading("Provenance"), Bullets(_provenance(inputs, results, segmentation)))
+    document.add(Heading("Provenance"), Bullets(_provenance(inputs, results, segmentation, detection)))
     for domain, preset in inputs.domains.items():
         _domain_section(document, inputs, domain, preset, results[domain], metrics[domain])
         _segmentation_section(document, inputs, domain, preset, segmentation[domain], metrics[domain])
+        detection_section(document, inputs.ingest_dir, inputs.reports_dir / "figures", domain, preset,
+                          detection[domain], metrics[domain])
+        for sweep in LABEL_EFFICIENCY[1:]:
+            _label_efficiency_block(document, inputs, domain, metrics[domain], sweep)
     document.add(Heading("Protocols"), Bullets([
         "Floor: logistic regression on per-channel mean, std and 5/50/95 percentiles of each chip.",
         "Linear: logistic regression on standardised frozen pooled features. Fine-tune: whole network + linear head.",
@@ -75,18 +82,49 @@ def _domain_section(document: Document, inputs: ReportInputs, domain: str, prese
     document.add(Heading(f"{domain}: classification"), Paragraph(
         f"{preset.description}. Test chips: {next(iter(results.values()))['n_test'] if results else 0}; "
         f"headline label fraction {inputs.label_fraction:.0%}; best mean per column in bold."))
-    document.add(classification_table(cls), Bullets(conclusions(cls, inputs.label_fraction, inputs.label_fractions)))
-    curves = label_efficiency_curves(cls, inputs.label_fractions)
-    _write_curve_csv(inputs.reports_dir / "label_efficiency" / f"{domain}.csv", curves)
-    document.add(Heading(f"{domain}: label efficiency (linear probe, {HEADLINE_METRIC.upper()})", 3),
-                 label_efficiency_table(cls, inputs.label_fractions),
-                 Figure(figures.label_efficiency(curves, HEADLINE_METRIC, figure_dir / f"label_efficiency_{domain}.png",
-                                                 f"{domain}: linear probe vs labels"),
-                        f"{domain}: linear-probe {HEADLINE_METRIC.upper()} vs fraction of training labels, 95 % CI bands"))
+    document.add(classification_table(cls), Bullets(conclusions(cls, inputs.label_fraction)))
+    _label_efficiency_block(document, inputs, domain, metrics, LABEL_EFFICIENCY[0])
     _pretrain_block(document, inputs, domain, figure_dir)
     chips = load_chipset(inputs.ingest_dir / domain)
     _gallery_block(document, inputs, domain, preset, chips, figure_dir)
     _confusion_and_embedding_blocks(document, domain, results, chips.classes, figure_dir)
+
+
+@dataclass(frozen=True)
+class LabelEfficiencySweep:
+    """One label-efficiency curve: a task's protocol scored by one metric; ``suffix`` names its files."""
+
+    task: str
+    protocol: str
+    metric: str
+    what: str
+    suffix: str
+
+
+LABEL_EFFICIENCY = (
+    LabelEfficiencySweep("cls", "linear", HEADLINE_METRIC, "Linear probe", ""),
+    LabelEfficiencySweep("cls", "finetune", HEADLINE_METRIC, "Fine-tuned classifier", "_finetune"),
+    LabelEfficiencySweep("seg", "finetune", "miou", "Segmentation", "_seg"),
+    LabelEfficiencySweep("det", "finetune", "map50", "Detection", "_det"),
+)
+
+
+def _label_efficiency_block(document: Document, inputs: ReportInputs, domain: str, metrics: dict,
+                            sweep: LabelEfficiencySweep) -> None:
+    """Table, CI-band curve (PNG + CSV for `dvc plots`) and sentences of one sweep, when it ran."""
+    by_init = metrics.get(sweep.task, {})
+    curves = label_efficiency_curves(by_init, inputs.label_fractions, sweep.metric, sweep.protocol)
+    if not curves:
+        return
+    name, metric = f"{domain}{sweep.suffix}", metric_name(sweep.metric)
+    _write_curve_csv(inputs.reports_dir / "label_efficiency" / f"{name}.csv", curves)
+    document.add(
+        Heading(f"{domain}: label efficiency ({sweep.what.lower()}, {metric})", 3),
+        label_efficiency_table(by_init, inputs.label_fractions, sweep.metric, sweep.protocol),
+        Figure(figures.label_efficiency(curves, metric, inputs.reports_dir / "figures" / f"label_efficiency_{name}.png",
+                                        f"{domain}: {sweep.what.lower()} vs labels"),
+               f"{domain}: {sweep.what.lower()} {metric} vs fraction of training labels, 95 % CI bands"),
+        Bullets(fraction_conclusions(by_init, inputs.label_fractions, sweep.metric, sweep.protocol, sweep.what)))
 
 
 def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figure_dir: Path) -> None:
@@ -184,7 +222,8 @@ def _write_curve_csv(path: Path, curves: dict[str, list[tuple[float, float, floa
 
 
 def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]],
-                segmentation: dict[str, dict[str, dict]]) -> list[str]:
+                segmentation: dict[str, dict[str, dict]],
+                detection: dict[str, dict[str, dict]] | None = None) -> list[str]:
     lines = [f"{key}: {value}" for key, value in inputs.provenance.items()]
     for domain in inputs.domains:
         digests = ", ".join(f"{name} {file_sha256(inputs.ingest_dir / domain / name)[:12]}"
@@ -192,6 +231,8 @@ def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]],
         lines.append(f"data {domain} (sha256): {digests}")
         walls = {init: result.get("wall_s") for init, result in results[domain].items() if result.get("wall_s")}
         walls.update({f"seg_{init}": result["wall_s"] for init, result in segmentation[domain].items()
+                      if result.get("wall_s")})
+        walls.update({f"det_{init}": result["wall_s"] for init, result in (detection or {}).get(domain, {}).items()
                       if result.get("wall_s")})
         summary = inputs.pretrain_dir / domain / "summary.json"
         if summary.exists() and read_json(summary).get("wall_s"):

@@ -19,7 +19,7 @@ if __name__ == "__main__":
     try:
         with atomic_dir(Path(config.paths.ingest) / args.domain) as out:
             report = ingest_folder(source, section, PRESETS[section.preset], config.seed, out,
-                                   workers=config.ingest.workers, strict=config.ingest.strict)
+                                   workers=config.ingest.workers, strict=config.ingest.strict, domain=args.domain)
     except (IngestError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: ingest {args.domain}: {error}")
     write_json(Path(config.paths.reports) / "ingest" / f"{args.domain}.json", {"source": section.source, **report})

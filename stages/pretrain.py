@@ -25,7 +25,7 @@ def resume_key(config, domain: str, chips, world_size: int) -> str:
     """What a checkpoint must share with this run to be resumed: every param that shapes training."""
     identity = {
         "seed": config.seed, "model": config.model.model_dump(), "domain": config.domain(domain).model_dump(),
-        "simclr": config.simclr.model_dump(exclude={"resume"}), "world_size": world_size,
+        "simclr": config.simclr.model_dump(exclude={"resume", "checkpoint_every_steps"}), "world_size": world_size,
         "train_chips": len(chips.indices("train")), "mean": chips.mean.tolist(), "std": chips.std.tolist(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()

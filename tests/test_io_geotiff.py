@@ -198,3 +198,12 @@ def test_real_rgb_byte_with_nodata():
             np.testing.assert_array_equal(chip.data[:, valid], direct[:, valid].astype(np.float32))
             assert chip.transform == pytest.approx(tuple(window_transform(window, src.transform))[:6])
     assert 0.0 < np.mean([c.valid.mean() for c in chips]) < 1.0
+
+
+def test_scene_info_data_bands_and_chip_crs(uint16_scene):
+    path, raw = uint16_scene
+    info = read_scene_info(path)
+    assert info.data_bands == (1, 2, 3, 4) and info.alpha_band is None and info.overview_factors == ()
+    chip = next(iter_chips(path, CHIP))
+    assert chip.crs == CRS
+    assert chip.valid_fraction == pytest.approx((raw[:, :CHIP, :CHIP] != 0).all(axis=0).mean())

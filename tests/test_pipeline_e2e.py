@@ -4,11 +4,14 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,7 +20,9 @@ TINY = {
              "remote": {"scenes": 2, "scene_size": 256}},
     "simclr": {"epochs": 2, "batch_size": 16, "image_size": 32, "knn_every_epochs": 1},
     "evaluate": {"seeds": [0, 1], "label_fraction": 0.5, "label_fractions": [0.5, 1.0],
-                 "finetune": {"steps": 2, "batch_size": 8}, "segmentation": {"steps": 2, "batch_size": 4}},
+                 "transfer_sweep": ["finetune", "seg", "det"],
+                 "finetune": {"steps": 2, "batch_size": 8}, "segmentation": {"steps": 2, "batch_size": 4},
+                 "detection": {"steps": 2, "batch_size": 4}},
 }
 EXPECTED_INITS = {"simclr": ("linear", "finetune"), "imagenet": ("linear", "finetune"),
                   "random": ("linear", "finetune"), "floor": ("linear",)}
@@ -74,9 +79,15 @@ def test_metrics_file_has_every_key(tiny_repo):
     for domain in ("medical", "remote"):
         for init in ("simclr", "imagenet", "random"):
             assert 0 <= metrics[domain]["seg"][init]["finetune"]["miou"] <= 1
+            map50 = metrics[domain]["det"][init]["finetune"]["map50"]  # NaN only if the tiny test split has no box
+            assert math.isnan(map50) or 0 <= map50 <= 1
         for figure in ("label_efficiency", "pretrain", "augmentations", "confusion", "embedding", "segmentation"):
             assert (root / "reports" / "figures" / f"{figure}_{domain}.png").stat().st_size > 5000
         assert metrics[domain]["cls"]["simclr"]["linear_100pct"]["auroc"] >= 0
+        for task, protocol in (("cls", "finetune_100pct"), ("seg", "finetune_100pct"), ("det", "finetune_100pct")):
+            assert protocol in metrics[domain][task]["simclr"], f"{domain}.{task}: no label-fraction sweep"
+        for suffix in ("_finetune", "_seg"):
+            assert (root / "reports" / "label_efficiency" / f"{domain}{suffix}.csv").is_file()
 
 
 @pytest.mark.slow
@@ -108,3 +119,42 @@ def test_pretrain_stage_runs_unchanged_under_torchrun(tiny_repo):
     assert [row["epoch"] for row in summary["history"]] == [0, 1, 2]
     assert math.isfinite(summary["metrics"]["final_loss"])
     assert (export / "backbone.pth").is_file() and (root / "data/ddp/checkpoints/remote/last.pt").is_file()
+
+
+def _params_copy(root: Path, name: str, run: str, **simclr) -> str:
+    """A params file whose SimCLR outputs go to data/<run>/ (the tiny repo's DVC outputs stay untouched)."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["paths"].update(pretrain=f"data/{run}/pretrain", checkpoints=f"data/{run}/checkpoints",
+                           reports=f"data/{run}/reports")
+    params["simclr"].update(simclr)
+    (root / name).write_text(yaml.safe_dump(params, sort_keys=False))
+    return name
+
+
+@pytest.mark.slow
+def test_kill_9_during_pretraining_then_rerun_ends_like_an_uninterrupted_run(tiny_repo):
+    root, env = tiny_repo
+    options = {"epochs": 3, "batch_size": 8, "checkpoint_every_steps": 1}  # 2 steps per epoch on the tiny split
+    stage = [sys.executable, "-m", "stages.pretrain", "--domain", "medical", "--params"]
+    _run(stage + [_params_copy(root, "params_whole.yaml", "whole", **options)], root, env)
+    crashed = _params_copy(root, "params_crash.yaml", "crash", **options)
+    checkpoint = root / "data" / "crash" / "checkpoints" / "medical" / "last.pt"
+    process = subprocess.Popen(stage + [crashed], cwd=root, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not checkpoint.exists() and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # kill -9 right after the first (mid-epoch) checkpoint
+    process.wait()
+    assert not (root / "data" / "crash" / "pretrain" / "medical").exists(), "the run finished before the kill"
+    steps_done = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < steps_done < 6
+    done = subprocess.run(stage + [crashed], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming SimCLR" in done.stderr
+    whole, resumed = (root / "data" / run / "pretrain" / "medical" for run in ("whole", "crash"))
+    assert json.loads((whole / "summary.json").read_text())["history"] == \
+        json.loads((resumed / "summary.json").read_text())["history"]
+    expected, got = (torch.load(path / "backbone.pth", weights_only=True) for path in (whole, resumed))
+    assert expected.keys() == got.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(tensor, got[key]), key

@@ -25,6 +25,7 @@ from pipeline.tasks.evaluate import evaluate_backbone, evaluate_floor
 CLASSES = ["water", "forest"]
 FIGURES = {  # name → (width, height) in pixels: figsize × 100 dpi
     "label_efficiency_remote.png": (600, 400),
+    "label_efficiency_remote_finetune.png": (600, 400),  # the fine-tune sweep (evaluate.transfer_sweep)
     "pretrain_remote.png": (1400, 320),
     "augmentations_remote.png": (800, 400),  # 2 classes → 2 rows; chip, false colour, view a, view b
     "confusion_remote.png": (1260, 420),  # random, imagenet, simclr
@@ -90,6 +91,12 @@ def test_metrics_hold_headline_and_label_efficiency_protocols(report_dir):
         rows = list(csv.DictReader(stream))
     assert [float(r["label_fraction"]) for r in rows] == [0.1, 0.5, 1.0]
     assert float(rows[-1]["simclr"]) == pytest.approx(metrics["remote"]["cls"]["simclr"]["linear_100pct"]["auroc"])
+    simclr = metrics["remote"]["cls"]["simclr"]
+    assert simclr["finetune_50pct"] == simclr["finetune"]  # the headline fraction is one point of the sweep
+    with open(report_dir / "label_efficiency" / "remote_finetune.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert list(rows[0]) == ["label_fraction", "random", "imagenet", "simclr"]  # no floor: it is not fine-tuned
+    assert float(rows[0]["random"]) == pytest.approx(metrics["remote"]["cls"]["random"]["finetune_10pct"]["auroc"])
 
 
 def test_markdown_numbers_come_from_the_results(report_dir):

@@ -77,11 +77,16 @@ def _chips_with_masks(n=24, size=32):
 
 def test_tiny_finetune_is_deterministic_and_scored():
     chips = _chips_with_masks()
-    cfg = EvaluateConfig(label_fraction=1.0, seeds=[0, 1], segmentation=SegmentationConfig(steps=3, batch_size=4))
+    cfg = EvaluateConfig(label_fraction=1.0, label_fractions=[0.5, 1.0], seeds=[0, 1], transfer_sweep=["seg"],
+                         segmentation=SegmentationConfig(steps=3, batch_size=4))
     make = lambda: create_backbone(NAME, "random", 4, seed=0)[0]  # noqa: E731
     first = evaluate_segmentation(make, NAME, chips, cfg, "remote_multispectral", {"init": "random"})
     second = evaluate_segmentation(make, NAME, chips, cfg, "remote_multispectral", {"init": "random"})
     assert first["per_seed"] == second["per_seed"]
+    assert set(first["summary"]) == {"finetune", "finetune_50pct", "finetune_100pct"}  # the label-fraction sweep
+    assert first["per_seed"]["finetune_100pct"] == first["per_seed"]["finetune"]  # the headline, not re-run
+    assert all(run["n_labels"] < full["n_labels"] for run, full in
+               zip(first["per_seed"]["finetune_50pct"], first["per_seed"]["finetune"]))
     summary = first["summary"]["finetune"]
     assert 0 <= summary["miou"] <= 1 and {"dice_dark", "dice_bright", "miou_ci95"} <= summary.keys()
     assert len(first["overlays"]["predicted"]) == 4 and np.asarray(first["overlays"]["predicted"]).shape[1:] == (32, 32)

@@ -76,9 +76,9 @@ def test_too_few_training_chips_is_a_clear_error():
         pretrain_simclr(model, chips, cfg, "remote_multispectral", seed=0)
 
 
-def _resumable_run(chips: ChipSet, checkpoint: Path, key: str = "params-a") -> tuple[SimCLRModel, list]:
+def _resumable_run(chips: ChipSet, checkpoint: Path, key: str = "params-a", **options) -> tuple[SimCLRModel, list]:
     cfg = SimCLRConfig(init="random", epochs=3, batch_size=8, image_size=32, knn_every_epochs=1,
-                       projection_hidden_dim=32, projection_dim=16)
+                       projection_hidden_dim=32, projection_dim=16, **options)
     backbone, _ = create_backbone("tf_efficientnet_lite0", "random", chips.in_chans, seed=0)
     model = SimCLRModel(backbone, cfg.projection_hidden_dim, cfg.projection_dim)
     history = pretrain_simclr(model, chips, cfg, "remote_multispectral", seed=0, checkpoint_path=checkpoint,
@@ -102,10 +102,68 @@ def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tmp_path, monkeypat
     monkeypatch.undo()
     with caplog.at_level(logging.INFO, logger="pipeline.ssl.train"):
         resumed_model, resumed_history = _resumable_run(chips, tmp_path / "crashed.pt")
-    assert "resuming SimCLR" in caplog.text and "after epoch 2/3" in caplog.text
+    assert "resuming SimCLR" in caplog.text and "step 4/6 (after epoch 2)" in caplog.text
     assert resumed_history == full_history
     for key, tensor in full_model.state_dict().items():
         assert torch.equal(tensor, resumed_model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("crash_step", [1, 3])  # half-way through epoch 1 and through epoch 2
+def test_resume_from_a_mid_epoch_checkpoint_ends_like_an_uninterrupted_run(tmp_path, monkeypatch, caplog, crash_step):
+    chips = _chips()  # 16 train chips, batch 8: 2 steps per epoch
+    full_model, full_history = _resumable_run(chips, tmp_path / "uninterrupted.pt")
+    save = train._save_checkpoint
+    steps_saved = []
+
+    def save_then_crash(path, run, key):
+        save(path, run, key)
+        steps_saved.append(run.step)
+        if run.step == crash_step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _resumable_run(chips, tmp_path / "crashed.pt", checkpoint_every_steps=1)
+    monkeypatch.undo()
+    assert steps_saved == list(range(1, crash_step + 1))  # every step: mid-epoch and epoch ends
+    with caplog.at_level(logging.INFO, logger="pipeline.ssl.train"):
+        resumed_model, resumed_history = _resumable_run(chips, tmp_path / "crashed.pt", checkpoint_every_steps=1)
+    assert f"step {crash_step}/6 (after epoch {crash_step // 2})" in caplog.text
+    assert resumed_history == full_history  # the half-epoch's running sums were restored
+    for key, tensor in full_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[key]), key
+
+
+def _nan_loss_at_call(monkeypatch, bad_call: int) -> None:
+    """Make the loss of the ``bad_call``-th step (0-based) NaN, as an overflow would."""
+    real, calls = train.nt_xent_distributed, []
+
+    def loss(z_a, z_b, temperature):
+        out = real(z_a, z_b, temperature)
+        calls.append(1)
+        if len(calls) - 1 == bad_call:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(train, "nt_xent_distributed", loss)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_last_checkpoint(tmp_path, monkeypatch):
+    _nan_loss_at_call(monkeypatch, bad_call=3)
+    checkpoint = tmp_path / "last.pt"
+    with pytest.raises(FloatingPointError) as error:
+        _resumable_run(_chips(), checkpoint)
+    message = str(error.value)
+    assert "step 3 (epoch 2)" in message and f"{checkpoint} (step 2)" in message
+    assert "\n" not in message and torch.load(checkpoint, weights_only=False)["step"] == 2
+
+
+def test_nonfinite_loss_can_skip_the_step(tmp_path, monkeypatch):
+    _nan_loss_at_call(monkeypatch, bad_call=3)
+    model, history = _resumable_run(_chips(), tmp_path / "last.pt", on_nonfinite_loss="skip")
+    assert [row.get("skipped_steps", 0) for row in history] == [0, 0, 1, 0]
+    assert all(np.isfinite(row["loss"]) for row in history[1:])
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
 
 
 def test_checkpoint_of_other_params_or_finished_run_is_not_resumed(tmp_path, caplog):

@@ -8,6 +8,7 @@ Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
 * ``manifest.csv`` – one row per chip: id, source file (relative), hashed group, split, label, grid position,
   CRS and affine transform (remote sensing). No patient identifier is ever written here.
 * ``masks.npy``    – optional (N, S, S) uint8 segmentation class ids, 255 = ignore (nodata, padding, unlabelled).
+* ``boxes.json``   – optional object boxes per chip in chip pixels (:mod:`pipeline.data.boxes`).
 * ``stats.json``   – per-channel mean/std from the **train split only** (robust: 2–98 % clipped), channel
   and class names, counts. Every consumer standardises with these numbers; nothing recomputes them.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import read_json
+from pipeline.data.boxes import read_box_cache
 
 MANIFEST_FIELDS = ("chip_id", "source", "frame", "group", "split", "label", "row", "col", "crs", "transform")
 UNLABELLED = -1
@@ -40,6 +42,8 @@ class ChipSet:
     std: np.ndarray  # (C,) float32
     masks: np.ndarray | None = None  # (N, S, S) uint8 class ids, MASK_IGNORE where not to be scored
     mask_classes: list[str] = field(default_factory=list)
+    boxes: list[np.ndarray | None] | None = None  # per chip (M, 5) x0, y0, x1, y1, class_index; None = unannotated
+    box_classes: list[str] = field(default_factory=list)
     split: np.ndarray = field(init=False)
     labels: np.ndarray = field(init=False)  # (N,) int64 class index, UNLABELLED where none
 
@@ -63,6 +67,7 @@ class ChipSet:
 def load_chipset(folder: str | Path) -> ChipSet:
     folder = Path(folder)
     stats = read_json(folder / "stats.json")
+    boxes, box_classes = read_box_cache(folder)
     with open(folder / "manifest.csv", newline="") as stream:
         manifest = list(csv.DictReader(stream))
     return ChipSet(
@@ -75,6 +80,8 @@ def load_chipset(folder: str | Path) -> ChipSet:
         std=np.asarray(stats["std"], dtype=np.float32),
         masks=np.load(folder / "masks.npy", mmap_mode="r") if (folder / "masks.npy").exists() else None,
         mask_classes=list(stats.get("mask_classes", [])),
+        boxes=boxes,
+        box_classes=box_classes,
     )
 
 

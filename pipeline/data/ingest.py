@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import DomainDataConfig
+from pipeline.data.boxes import write_box_cache
 from pipeline.data.chips import channel_statistics, write_manifest
 from pipeline.data.sources import (
     MASK_NODATA, SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
@@ -69,13 +70,14 @@ class IngestedChips:
         self.chips_dropped_low_valid += result.dropped_low_valid
 
 
-def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False) -> IngestedChips:
+def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False,
+                domain: str = "") -> IngestedChips:
     """Read every file of one kind below ``source``, in sorted order whatever the number of workers."""
     kind = SOURCE_KINDS[reader]
     labels = read_labels_csv(source)
     class_names = read_class_names(source, list(labels.values()))
     salt = phi_salt()
-    tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt)
+    tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt, domain)
              for path in kind.list_files(source)]
     out = IngestedChips(files_seen=len(tasks))
     for result in _map_ordered(partial(read_file_safely, kind.read_file), tasks, workers):
@@ -116,15 +118,16 @@ LEAKAGE_UNITS = {"group": lambda row, cfg: str(row["group"]), "spatial_block": _
 
 
 def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int, out_dir: Path,
-                  workers: int = 1, strict: bool = False) -> dict:
+                  workers: int = 1, strict: bool = False, domain: str = "") -> dict:
     """Decode, split, compute train-only statistics and write the chip cache into ``out_dir``.
 
     Returns the outcome report (also written as ``ingest_report.json``): files seen / ingested / rejected /
     skipped, one ``{path, reason}`` line per rejected or skipped file, chips kept and dropped, label counts.
+    ``domain`` is named in reasons that point at a config key (``data.<domain>.geotiff.value_range``).
     """
     if not source.is_dir():
         raise FileNotFoundError(f"data source {source} is not a folder")
-    found = read_folder(source, cfg, preset.reader, workers, strict)
+    found = read_folder(source, cfg, preset.reader, workers, strict, domain)
     if not found.images:
         raise ValueError(f"{source}: no readable {preset.reader} images "
                          f"({len(found.rejected)} rejected, {len(found.skipped)} skipped of {found.files_seen} files)")
@@ -140,6 +143,7 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     np.save(out_dir / "valid.npy", valid)
     write_manifest(out_dir / "manifest.csv", rows)
     mask_classes = _write_masks(out_dir, [found.masks[i] for i in keep], cfg.chip_size, source)
+    write_box_cache(out_dir, rows, source, cfg.chip_size)  # COCO boxes.json of the source, if any
     counts = {split: dict(sorted(Counter(r["label"] or "<unlabelled>" for r in rows if r["split"] == split).items()))
               for split in ("train", "val", "test")}
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,

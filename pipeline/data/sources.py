@@ -17,22 +17,24 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import rasterio
 
 from pipeline.config import DomainDataConfig
+from pipeline.data.scenes import (
+    GDAL_CACHE_BYTES, list_scenes, open_chip_labels, open_scene, to_unit_range, value_range,
+)
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom import GREYSCALE, HUWindow, NotAnImageError, is_dicom_file, iter_dicom_frames, window_stack
-from pipeline.io.geotiff import iter_chips, read_label_chip, read_scene_info
 
 MASK_NODATA = 255
 DEFAULT_SALT = "ssl-domain-transfer/v1"
-GEOTIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 SIDE_FILES = {".csv", ".json", ".md", ".txt", ".geojson"}
 
 
 @dataclass(frozen=True)
 class FileTask:
-    """Everything a worker needs to read one file (all picklable)."""
+    """Everything a worker needs to read one file (all picklable); a GeoTIFF band folder counts as one file."""
 
     path: Path
     relative: str
@@ -41,6 +43,7 @@ class FileTask:
     labels: dict[str, str]
     class_names: list[str]
     salt: str
+    domain: str = ""  # the ``data.<domain>`` key, named in configuration hints of rejection reasons
 
 
 @dataclass
@@ -111,9 +114,14 @@ def read_file_safely(reader: Callable[[FileTask], FileChips], task: FileTask) ->
     try:
         return reader(task)
     except NotAnImageError as error:  # a subclass of UnreadableImageError: catch it first
-        return FileChips(task.relative, skipped=str(error).replace(str(task.path), task.relative))
+        return FileChips(task.relative, skipped=_relative_reason(error, task))
     except UnreadableImageError as error:
-        return FileChips(task.relative, rejected=str(error).replace(str(task.path), task.relative))
+        return FileChips(task.relative, rejected=_relative_reason(error, task))
+
+
+def _relative_reason(error: Exception, task: FileTask) -> str:
+    """The error's line with the file (and any side file, e.g. a label under masks/) relative to the source."""
+    return str(error).replace(str(task.path), task.relative).replace(f"{task.source}/", "")
 
 
 # --- DICOM -------------------------------------------------------------------------------------------
@@ -169,41 +177,40 @@ def read_raster_mask(path: Path, size: int, valid: np.ndarray) -> np.ndarray | N
 # --- GeoTIFF -----------------------------------------------------------------------------------------
 
 def list_geotiff_files(source: Path) -> list[Path]:
-    """Scenes anywhere below the source, except the label rasters under ``masks/``."""
-    return [p for p in sorted(source.rglob("*")) if p.suffix.lower() in GEOTIFF_SUFFIXES
-            and "masks" not in p.relative_to(source).parts]
+    """Scenes below the source: band folders and multi-band files (:func:`pipeline.data.scenes.list_scenes`)."""
+    return list_scenes(source)
 
 
 def read_geotiff_file(task: FileTask) -> FileChips:
-    """A non-overlapping chip grid; label = dominant class of ``masks/<scene>`` or the scene's labels.csv row."""
-    info = read_scene_info(task.path)
-    bands = task.cfg.geotiff.bands
-    out = FileChips(task.relative, channel_names=[info.band_names[b - 1] for b in bands] if bands
-                    else list(info.band_names))
-    mask_path = mask_for(task.source, task.relative)
-    for chip in iter_chips(task.path, task.cfg.chip_size, bands):
-        if chip.valid.mean() < task.cfg.geotiff.min_valid_fraction:
-            out.dropped_low_valid += 1
-            continue
-        label, mask = task.labels.get(task.relative, ""), None
-        if mask_path.exists():
-            mask = read_label_chip(mask_path, chip.row, chip.col, task.cfg.chip_size, scene=info)
-            mask = np.where(chip.valid, mask, MASK_NODATA).astype(np.uint8)
-            label = dominant_class(mask, task.class_names)
-        out.masks.append(mask)
-        # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
-        # downstream are never clamped.
-        out.images.append(np.clip(chip.data, 0.0, 1.0).astype(np.float32))
-        out.valid.append(chip.valid)
-        out.rows.append({"source": task.relative, "group": task.relative, "label": label, "row": chip.row,
-                         "col": chip.col, "crs": info.crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
+    """One scene (a multi-band file or a band folder) → a non-overlapping chip grid in [0, 1].
+
+    Bands and the value range follow ``data.<domain>.geotiff`` (see :mod:`pipeline.data.scenes`). Label =
+    dominant class of the scene's class raster or GeoJSON under ``masks/``, else its labels.csv row. GDAL's
+    block cache is capped at ``GDAL_CACHE_BYTES`` while reading, in whichever process reads.
+    """
+    key = f"data.{task.domain or '<domain>'}.geotiff"
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        scene = open_scene(task.path, task.cfg.geotiff.bands, f"{key}.bands")
+        low, high = value_range(scene, task.cfg.geotiff.value_range, f"{key}.value_range")
+        labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
+        out = FileChips(task.relative, channel_names=list(scene.channel_names))
+        for chip in scene.read_chips(task.cfg.chip_size):
+            if chip.valid.mean() < task.cfg.geotiff.min_valid_fraction:
+                out.dropped_low_valid += 1
+                continue
+            label, mask = task.labels.get(task.relative, ""), None
+            if labels is not None:
+                mask = np.where(chip.valid, labels.read(chip, task.cfg.chip_size), MASK_NODATA).astype(np.uint8)
+                label = dominant_class(mask, labels.class_names)
+            out.masks.append(mask)
+            # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
+            # downstream are never clamped.
+            out.images.append(to_unit_range(chip.data, chip.valid, low, high))
+            out.valid.append(chip.valid)
+            out.rows.append({"source": task.relative, "group": task.relative, "label": label, "row": chip.row,
+                             "col": chip.col, "crs": scene.grid.crs,
+                             "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
     return out
-
-
-def mask_for(source: Path, relative: str) -> Path:
-    """``masks/<relative path>``, or ``masks/<file name>`` for a flat masks folder."""
-    nested = source / "masks" / relative
-    return nested if nested.exists() else source / "masks" / Path(relative).name
 
 
 def dominant_class(mask: np.ndarray, class_names: list[str]) -> str:

@@ -23,3 +23,11 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         order = np.random.default_rng([seed, int(class_index)]).permutation(members)
         chosen.append(order[: max(1, math.ceil(fraction * len(members)))])
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def draw_batch(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarray:
+    """Positions of one fine-tuning batch, drawn without replacement, but never a batch of one: BatchNorm in
+    training mode cannot normalise a single item, and a 1 % subset of a small split can hold one chip."""
+    if n >= 2:
+        return rng.choice(n, size=min(batch_size, n), replace=False)
+    return np.zeros(2, dtype=np.int64)

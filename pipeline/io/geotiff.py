@@ -1,16 +1,38 @@
 """GeoTIFF scene → fixed-size chips in physical units, with a valid mask, CRS and per-chip affine transform.
 
-Scenes are read with windowed reads, one chip at a time, so memory stays bounded by one chip whatever the
-scene size (DOMAIN.md §4); a cloud-optimised GeoTIFF's internal tiles make each read touch few blocks.
+Scenes are read with windowed reads, one chip at a time, so memory stays bounded by one chip (plus GDAL's
+block cache, ``GDAL_CACHEMAX``, 5 % of RAM by default) whatever the scene size (DOMAIN.md §4); a
+cloud-optimised GeoTIFF's internal tiles make each read touch few blocks, and its overviews can be read
+instead of the full resolution (``overview_level``).
 
-Validity follows GDAL's mask semantics via rasterio's ``read_masks`` (nodata value, alpha band, internal or
-sidecar ``.msk`` mask), plus non-finite values: a pixel is valid only when it is valid in *every* band read.
-Invalid pixels are set to 0.0 in the chip data, so stray NaNs never reach a loss; callers use ``valid``.
+Policies (what an Earth-observation archive holds, and what a chip then means):
+
+- **dtypes**: any band count; integer (8–64 bit) and float (32/64 bit) bands are read as float64, scaled,
+  and stored as float32. Complex bands (SAR) are rejected: a complex number has no single physical value.
+- **scale / offset**: per-band ``scale`` / ``offset`` tags are always applied (physical = stored · scale +
+  offset), so a reflectance ×10⁴ product and a float reflectance product give the same chip values.
+- **validity** follows GDAL's mask semantics via rasterio's ``read_masks`` (nodata value, internal or sidecar
+  ``.msk`` mask), plus non-finite values, plus an alpha band (alpha > 0 is valid, read explicitly because
+  GDAL ignores alpha once a nodata value is set). A pixel is valid only when it is valid in *every* band
+  read. Invalid pixels are set to 0.0 in the chip data, so stray NaNs never reach a loss; callers use
+  ``valid`` (and ``valid_fraction`` to drop mostly-empty chips).
+- **alpha bands** are validity, not data: they are never chip channels; asking for one is an error.
+- **geometry**: north-up rasters (any pixel size, including south-up) are chipped. Rotated geotransforms and
+  rasters georeferenced only by GCPs or RPCs are *rejected* with a reason, not warped: warping resamples the
+  stored values, and the right warp (orthorectification with a DEM, resampling kernel, target grid) is a
+  decision for the archive, made once with ``gdalwarp``. Rasters with no georeferencing at all are chipped
+  in pixel coordinates with a warning.
+- **overviews**: ``overview_level=k`` reads the k-th overview (factor ``SceneInfo.overview_factors[k]``)
+  through GDAL's ``OVERVIEW_LEVEL`` open option, so chips are cut on the coarser grid with its own transform;
+  scale/offset and band metadata come from the full-resolution dataset (GDAL does not copy them).
+
+Every failure raises :class:`pipeline.io.UnreadableImageError` with a one-line message starting with the path.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +40,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NodataShadowWarning, RasterioError
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
@@ -35,14 +58,20 @@ class SceneInfo:
         path: the file.
         width: columns (pixels).
         height: rows (pixels).
-        count: number of bands.
+        count: number of bands, alpha included.
         dtype: stored data type of band 1 (e.g. ``uint16``).
         crs: CRS as a string (``EPSG:32618`` or WKT); ``""`` when the scene is not georeferenced.
-        transform: affine coefficients ``(a, b, c, d, e, f)``: x = a·col + b·row + c, y = d·col + e·row + f.
+        transform: affine ``(a, b, c, d, e, f)``: x = a·col + b·row + c, y = d·col + e·row + f.
         nodata: nodata value, or None.
-        band_names: per-band description, ``band_<i>`` (1-based) where the file has none.
+        band_names: per-band description, ``band_<i>`` (1-based) where the file has none; all bands.
         scales: per-band scale; physical value = stored · scale + offset.
         offsets: per-band offset.
+        data_bands: 1-based indexes of the bands that are data (every band but an alpha band): the chip
+            channels when ``iter_chips(bands=None)``; their names are ``band_names[i - 1]``.
+        alpha_band: 1-based index of the alpha band, or None.
+        overview_factors: decimation factor of each overview level (``overview_level`` k ↔ factor [k]).
+        block_shape: (rows, cols) of one internal block of band 1; chips that are multiples of it read
+            whole tiles.
     """
 
     path: Path
@@ -56,6 +85,10 @@ class SceneInfo:
     band_names: tuple[str, ...]
     scales: tuple[float, ...]
     offsets: tuple[float, ...]
+    data_bands: tuple[int, ...] = ()
+    alpha_band: int | None = None
+    overview_factors: tuple[int, ...] = ()
+    block_shape: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -64,10 +97,12 @@ class GeoChip:
 
     Attributes:
         data: (C, H, W) float32 in physical units (scale/offset applied, e.g. reflectance); 0.0 where invalid.
-        valid: (H, W) bool, False where any band is nodata, masked or NaN/inf.
-        row: row offset of the chip's top-left pixel in the scene.
-        col: column offset of the chip's top-left pixel in the scene.
+        valid: (H, W) bool, False where any band is nodata, masked, transparent (alpha 0) or NaN/inf.
+        row: row offset of the chip's top-left pixel in the grid read (the overview's, with
+            ``overview_level``).
+        col: column offset of the chip's top-left pixel in that grid.
         transform: the chip's own affine ``(a, b, c, d, e, f)`` (``rasterio.windows.transform``).
+        crs: the scene's CRS string (``""`` when not georeferenced); with ``transform`` it places the chip.
     """
 
     data: np.ndarray
@@ -75,26 +110,92 @@ class GeoChip:
     row: int
     col: int
     transform: tuple[float, ...]
+    crs: str = ""
+
+    @property
+    def valid_fraction(self) -> float:
+        """Share of valid pixels in [0, 1]; the caller drops chips under its threshold."""
+        return float(self.valid.mean()) if self.valid.size else 0.0
 
 
-def _open(path: Path) -> rasterio.DatasetReader:
+@dataclass(frozen=True)
+class ReadPlan:
+    """What to read from an open dataset for each chip, decided once per scene.
+
+    Attributes:
+        indexes: 1-based data bands, in chip channel order.
+        alpha: 1-based alpha band read alongside them (validity only), or None.
+        scales: (C,) float64 per-channel scale.
+        offsets: (C,) float64 per-channel offset.
+    """
+
+    indexes: tuple[int, ...]
+    alpha: int | None
+    scales: np.ndarray
+    offsets: np.ndarray
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's text on one line (GDAL messages can span several), for a one-line rejection reason."""
+    return " ".join(str(error).split())
+
+
+def open_raster(path: Path, **options) -> rasterio.DatasetReader:
+    """``rasterio.open`` whose failure is an :class:`UnreadableImageError` naming the file."""
     try:
-        return rasterio.open(path)
+        return rasterio.open(path, **options)
     except RasterioError as error:
-        raise UnreadableImageError(f"{path}: not a readable raster ({error})") from error
+        raise UnreadableImageError(f"{path}: not a readable raster ({one_line(error)})") from error
 
 
-def _affine(transform) -> tuple[float, ...]:
+def affine_tuple(transform) -> tuple[float, ...]:
+    """An ``Affine`` → ``(a, b, c, d, e, f)`` plain floats (picklable, JSON-friendly)."""
     return tuple(float(v) for v in tuple(transform)[:6])
 
 
-def _scene_info(src: rasterio.DatasetReader, path: Path) -> SceneInfo:
+def crs_string(src) -> str:
+    """A dataset's CRS as ``EPSG:…`` or WKT; ``""`` when it has none."""
+    return src.crs.to_string() if src.crs else ""
+
+
+def alpha_band_of(src) -> int | None:
+    """1-based index of the band whose colour interpretation is alpha, or None."""
+    alphas = [i for i, interp in enumerate(src.colorinterp, start=1) if interp == ColorInterp.alpha]
+    return alphas[0] if alphas else None
+
+
+def check_supported(src, path: Path) -> None:
+    """Reject rasters whose pixels cannot become chips faithfully; the reasons are the module's policies.
+
+    Raises:
+        UnreadableImageError: complex bands, a rotated geotransform, or GCP-only / RPC-only georeferencing.
+    """
+    complex_types = sorted({t for t in src.dtypes if str(t).startswith("complex")})
+    if complex_types:
+        raise UnreadableImageError(f"{path}: complex bands ({', '.join(complex_types)}) are not supported; "
+                                   "convert them to real bands (amplitude, intensity, phase) first")
+    a, b, _, d, e, _ = affine_tuple(src.transform)
+    if src.transform.is_identity and src.gcps[0]:
+        raise UnreadableImageError(f"{path}: georeferenced by {len(src.gcps[0])} GCPs only, no geotransform; "
+                                   "warp it to a north-up grid first (gdalwarp)")
+    if src.transform.is_identity and src.rpcs is not None:
+        raise UnreadableImageError(f"{path}: georeferenced by RPCs only, no geotransform; "
+                                   "orthorectify it first (gdalwarp -rpc)")
+    if b != 0.0 or d != 0.0 or a == 0.0 or e == 0.0:
+        raise UnreadableImageError(f"{path}: rotated or degenerate geotransform (a={a:g}, b={b:g}, d={d:g}, "
+                                   f"e={e:g}); warp it north-up first (gdalwarp)")
+
+
+def _scene_info(src, path: Path) -> SceneInfo:
     names = tuple(desc or f"band_{i}" for i, desc in enumerate(src.descriptions, start=1))
+    alpha = alpha_band_of(src)
     return SceneInfo(
         path=path, width=src.width, height=src.height, count=src.count, dtype=str(src.dtypes[0]),
-        crs=src.crs.to_string() if src.crs else "", transform=_affine(src.transform),
+        crs=crs_string(src), transform=affine_tuple(src.transform),
         nodata=None if src.nodata is None else float(src.nodata), band_names=names,
         scales=tuple(float(s) for s in src.scales), offsets=tuple(float(o) for o in src.offsets),
+        data_bands=tuple(i for i in range(1, src.count + 1) if i != alpha), alpha_band=alpha,
+        overview_factors=tuple(src.overviews(1)), block_shape=tuple(src.block_shapes[0]),
     )
 
 
@@ -102,36 +203,121 @@ def read_scene_info(path: Path) -> SceneInfo:
     """Read a scene's header (size, bands, CRS, transform, nodata, scale/offset) without its pixels.
 
     Raises:
-        UnreadableImageError: the file is missing or not a raster GDAL can open.
+        UnreadableImageError: the file is missing, not a raster GDAL can open, or not supported
+            (complex bands, rotated, GCP-only or RPC-only; see the module's policies).
     """
     path = Path(path)
-    with _open(path) as src:
+    with open_raster(path) as src:
+        check_supported(src, path)
         info = _scene_info(src, path)
     if not info.crs:
         log.warning("%s has no CRS: chip transforms are pixel coordinates only", path)
     return info
 
 
-def _band_indexes(bands: Sequence[int] | None, count: int, path: Path) -> list[int]:
+def _band_indexes(bands: Sequence[int] | None, count: int, alpha: int | None, path: Path) -> tuple[int, ...]:
     if bands is None:
-        return list(range(1, count + 1))
-    indexes = [int(b) for b in bands]
+        indexes = tuple(i for i in range(1, count + 1) if i != alpha)
+        if not indexes:
+            raise UnreadableImageError(f"{path}: has only an alpha band, no data bands")
+        return indexes
+    indexes = tuple(int(b) for b in bands)
     if not indexes or any(not 1 <= b <= count for b in indexes):
-        raise UnreadableImageError(f"{path}: bands {indexes} are not 1-based indexes into its {count} bands")
+        raise UnreadableImageError(
+            f"{path}: bands {list(indexes)} are not 1-based indexes into its {count} bands")
+    if alpha in indexes:
+        raise UnreadableImageError(
+            f"{path}: band {alpha} is an alpha band (validity, not data); leave it out")
     return indexes
 
 
-def _read_window(src: rasterio.DatasetReader, indexes: list[int], window: Window,
-                 scales: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One window → ((C, H, W) float32 physical values, 0.0 where invalid; (H, W) bool valid)."""
-    stored = src.read(indexes, window=window).astype(np.float64)  # float64 so scale·x + offset rounds once
-    data = (stored * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
-    valid = (src.read_masks(indexes, window=window) != 0).all(axis=0) & np.isfinite(data).all(axis=0)
-    data[:, ~valid] = 0.0
+def read_plan(src, path: Path, bands: Sequence[int] | None = None) -> ReadPlan:
+    """Check the raster is supported and decide which bands to read, with their scale/offset."""
+    check_supported(src, path)
+    alpha = alpha_band_of(src)
+    indexes = _band_indexes(bands, src.count, alpha, path)
+    return ReadPlan(indexes=indexes, alpha=alpha,
+                    scales=np.array([src.scales[i - 1] for i in indexes], dtype=np.float64),
+                    offsets=np.array([src.offsets[i - 1] for i in indexes], dtype=np.float64))
+
+
+def mask_bands_for(src, plan: ReadPlan) -> list[int]:
+    """Bands whose GDAL mask must be read: none when all-valid or alpha-only (alpha is read as data), one
+    when the mask is per-dataset, else every band (per-band nodata)."""
+    flags = [set(src.mask_flag_enums[i - 1]) for i in plan.indexes]
+    alpha_read = plan.alpha is not None
+    if all(f == {MaskFlags.all_valid} or (alpha_read and MaskFlags.alpha in f) for f in flags):
+        return []
+    if all(MaskFlags.per_dataset in f for f in flags):
+        return [plan.indexes[0]]
+    return list(plan.indexes)
+
+
+def read_window(src, plan: ReadPlan, window: Window,
+                mask_bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One window → ((C, H, W) float32 physical values, 0.0 where invalid; (H, W) bool valid).
+
+    Data and alpha come from one ``read`` call; float64 so ``scale·x + offset`` rounds once, and values
+    beyond float32's range become inf and so invalid.
+
+    Args:
+        src: an open dataset (file, overview or WarpedVRT).
+        plan: from :func:`read_plan`.
+        window: the pixels to read.
+        mask_bands: from :func:`mask_bands_for`; None works them out (pass them when reading many windows).
+    """
+    mask_bands = mask_bands_for(src, plan) if mask_bands is None else mask_bands
+    channels = len(plan.indexes)
+    stored = src.read(list(plan.indexes) + ([plan.alpha] if plan.alpha else []), window=window,
+                      out_dtype="float64")
+    physical = stored[:channels]
+    physical *= plan.scales[:, None, None]  # in place: fresh temporaries per chip cost more than the read
+    physical += plan.offsets[:, None, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow → inf → invalid, by design
+        data = physical.astype(np.float32)
+    valid = np.isfinite(data).all(axis=0)
+    if plan.alpha:
+        valid &= stored[channels] > 0
+    if mask_bands:
+        with warnings.catch_warnings():  # nodata shadowing alpha: handled above by reading alpha ourselves
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            valid &= (src.read_masks(list(mask_bands), window=window) != 0).all(axis=0)
+    if not valid.all():
+        data[:, ~valid] = 0.0
     return data, valid
 
 
-def iter_chips(path: Path, chip_size: int, bands: Sequence[int] | None = None) -> Iterator[GeoChip]:
+def chip_windows(height: int, width: int, chip_size: int) -> Iterator[Window]:
+    """Row-major non-overlapping ``chip_size`` windows; partial ones at the right and bottom are skipped."""
+    for row in range(0, height - chip_size + 1, chip_size):
+        for col in range(0, width - chip_size + 1, chip_size):
+            yield Window(col, row, chip_size, chip_size)
+
+
+def _chips(src, plan: ReadPlan, chip_size: int, path: Path) -> Iterator[GeoChip]:
+    if src.height < chip_size or src.width < chip_size:
+        log.info("%s (%dx%d px) is smaller than one %d px chip", path, src.width, src.height, chip_size)
+    mask_bands, crs = mask_bands_for(src, plan), crs_string(src)
+    for window in chip_windows(src.height, src.width, chip_size):
+        try:
+            data, valid = read_window(src, plan, window, mask_bands)
+        except RasterioError as error:
+            raise UnreadableImageError(f"{path}: read failed at row {window.row_off}, col {window.col_off} "
+                                       f"({one_line(error)})") from error
+        yield GeoChip(data=data, valid=valid, row=int(window.row_off), col=int(window.col_off),
+                      transform=affine_tuple(window_transform(window, src.transform)), crs=crs)
+
+
+def _open_overview(src, path: Path, level: int) -> rasterio.DatasetReader:
+    factors = src.overviews(1)
+    if not 0 <= level < len(factors):
+        raise UnreadableImageError(f"{path}: overview_level {level} requested but it has {len(factors)} "
+                                   f"overviews (factors {factors})")
+    return open_raster(path, overview_level=level)
+
+
+def iter_chips(path: Path, chip_size: int, bands: Sequence[int] | None = None, *,
+               overview_level: int | None = None) -> Iterator[GeoChip]:
     """Cut a scene into a non-overlapping ``chip_size`` grid, read window by window (bounded memory).
 
     Chips are yielded row-major from the top-left. Partial chips at the right and bottom edges are skipped,
@@ -140,44 +326,38 @@ def iter_chips(path: Path, chip_size: int, bands: Sequence[int] | None = None) -
     Args:
         path: a GeoTIFF (any raster GDAL reads).
         chip_size: chip side in pixels, > 0.
-        bands: 1-based band indexes to read, in this order; None reads all bands.
+        bands: 1-based band indexes to read, in this order; None reads every band except an alpha band.
+        overview_level: read the k-th overview (0 = the first, factor ``SceneInfo.overview_factors[0]``)
+            instead of full resolution: a coarser ground sampling distance at a fraction of the I/O.
 
     Yields:
         :class:`GeoChip` with ``data`` (C, chip_size, chip_size) float32 in physical units.
 
     Raises:
-        UnreadableImageError: unreadable file, bad band indexes, or a read error part-way (names the file).
+        UnreadableImageError: unreadable or unsupported file, bad band indexes or overview level, or a read
+            error part-way (names the file).
     """
     path = Path(path)
     if chip_size <= 0:
         raise ValueError(f"chip_size must be > 0, got {chip_size}")
-    with _open(path) as src:
-        indexes = _band_indexes(bands, src.count, path)
-        scales = np.array([src.scales[i - 1] for i in indexes], dtype=np.float64)
-        offsets = np.array([src.offsets[i - 1] for i in indexes], dtype=np.float64)
-        if src.height < chip_size or src.width < chip_size:
-            log.info("%s (%dx%d px) is smaller than one %d px chip", path, src.width, src.height, chip_size)
-        for row in range(0, src.height - chip_size + 1, chip_size):
-            for col in range(0, src.width - chip_size + 1, chip_size):
-                window = Window(col, row, chip_size, chip_size)
-                try:
-                    data, valid = _read_window(src, indexes, window, scales, offsets)
-                except RasterioError as error:
-                    raise UnreadableImageError(
-                        f"{path}: read failed at row {row}, col {col} ({error})") from error
-                yield GeoChip(data=data, valid=valid, row=row, col=col,
-                              transform=_affine(window_transform(window, src.transform)))
+    with open_raster(path) as src:
+        plan = read_plan(src, path, bands)
+        if overview_level is None:
+            yield from _chips(src, plan, chip_size, path)
+            return
+        with _open_overview(src, path, overview_level) as overview:
+            yield from _chips(overview, plan, chip_size, path)
 
 
-def _check_same_grid(src: rasterio.DatasetReader, scene: SceneInfo, mask_path: Path) -> None:
+def _check_same_grid(src, scene: SceneInfo, mask_path: Path) -> None:
     if (src.width, src.height) != (scene.width, scene.height):
         raise UnreadableImageError(f"{mask_path}: label raster is {src.width}x{src.height} px but scene "
                                    f"{scene.path.name} is {scene.width}x{scene.height} px")
     pixel = max(abs(scene.transform[0]), abs(scene.transform[4]), 1e-12)
-    if not np.allclose(_affine(src.transform), scene.transform, rtol=0.0, atol=1e-6 * pixel):
-        raise UnreadableImageError(f"{mask_path}: label raster transform {_affine(src.transform)} differs "
-                                   f"from scene {scene.path.name} {scene.transform}")
-    crs = src.crs.to_string() if src.crs else ""
+    if not np.allclose(affine_tuple(src.transform), scene.transform, rtol=0.0, atol=1e-6 * pixel):
+        raise UnreadableImageError(f"{mask_path}: label raster transform {affine_tuple(src.transform)} "
+                                   f"differs from scene {scene.path.name} {scene.transform}")
+    crs = crs_string(src)
     if crs and scene.crs and src.crs != CRS.from_user_input(scene.crs):
         raise UnreadableImageError(f"{mask_path}: label raster CRS {crs} differs from scene CRS {scene.crs}")
 
@@ -202,7 +382,7 @@ def read_label_chip(mask_path: Path, row: int, col: int, chip_size: int,
         UnreadableImageError: unreadable file, more than one band, a different grid, or a window outside it.
     """
     mask_path = Path(mask_path)
-    with _open(mask_path) as src:
+    with open_raster(mask_path) as src:
         if src.count != 1:
             raise UnreadableImageError(f"{mask_path}: label raster must have 1 band, found {src.count}")
         if scene is not None:
@@ -210,4 +390,8 @@ def read_label_chip(mask_path: Path, row: int, col: int, chip_size: int,
         if row < 0 or col < 0 or row + chip_size > src.height or col + chip_size > src.width:
             raise UnreadableImageError(f"{mask_path}: chip at row {row}, col {col} (size {chip_size}) lies "
                                        f"outside the {src.width}x{src.height} px label raster")
-        return src.read(1, window=Window(col, row, chip_size, chip_size))
+        try:
+            return src.read(1, window=Window(col, row, chip_size, chip_size))
+        except RasterioError as error:
+            raise UnreadableImageError(
+                f"{mask_path}: read failed at row {row}, col {col} ({one_line(error)})") from error

@@ -8,9 +8,13 @@ L2-normalised embeddings (→ 0 on collapse), and every few epochs a kNN
 accuracy on the labelled validation chips, logged from step 0 so the untrained network's score is the
 baseline SimCLR has to beat.
 
-A checkpoint is written after every epoch; a run with the same params that finds an unfinished one
-continues from it and ends with the same weights and history as an uninterrupted run (views depend
-only on (seed, epoch, chip), the sampler on (seed, epoch), the schedule on the step).
+A checkpoint is written after every epoch (and every ``checkpoint_every_steps`` steps); a run with the
+same params that finds an unfinished one continues from it, part-way through an epoch if need be, and
+ends with the same weights and history as an uninterrupted run (views depend only on (seed, epoch,
+chip), the sampler on (seed, epoch), the schedule on the step, and the epoch's running sums are saved).
+
+A non-finite loss either stops the run with the step and the last good checkpoint named, or skips the
+step (no update) by ``on_nonfinite_loss``; the skip is decided on all ranks together so DDP stays in step.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from pipeline.ssl.distributed import DistributedContext, nt_xent_distributed
 from pipeline.tasks.probe import extract_features, knn_predict_proba
 
 log = logging.getLogger(__name__)
+STAT_COUNT = 4  # per-step sums: loss, contrastive top-1, embedding std, 1 (steps that updated)
+MAX_CONSECUTIVE_SKIPS = 20  # weights that are already broken would otherwise skip forever
 
 
 @dataclass
@@ -66,8 +72,11 @@ class _Run:
     model: SimCLRModel
     optimizer: torch.optim.Optimizer
     history: PretrainHistory
-    epoch: int = 0
-    step: int = 0
+    epoch: int = 0  # last finished epoch
+    step: int = 0  # optimisation steps taken (skipped ones included)
+    epoch_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(STAT_COUNT, dtype=torch.float64))
+    skipped_steps: int = 0  # non-finite steps skipped in the epoch in progress
+    checkpoint_step: int | None = None  # step of the last checkpoint written or resumed from
 
 
 def build_optimizer(model: nn.Module, cfg: SimCLRConfig) -> torch.optim.Optimizer:
@@ -123,8 +132,8 @@ def pretrain_simclr(
     run = _Run(model=model, optimizer=optimizer, history=PretrainHistory())
     model.to(compute.device, memory_format=torch.channels_last)
     if cfg.resume and checkpoint_path is not None:
-        _maybe_resume(run, checkpoint_path, resume_key, cfg.epochs, compute.device)
-    if run.epoch == 0 and cfg.knn_every_epochs and context.is_main:
+        _maybe_resume(run, checkpoint_path, resume_key, cfg.epochs * steps_per_epoch, compute.device)
+    if run.step == 0 and cfg.knn_every_epochs and context.is_main:  # not again when resuming mid-epoch 1
         run.history.epochs.append({"epoch": 0, "knn_acc": knn_accuracy(model.backbone, chips, cfg.knn_k, compute)})
     for row in run.history.epochs:
         _log_row(live, row)
@@ -132,21 +141,36 @@ def pretrain_simclr(
     standardise = ChannelStandardiser(chips.mean, chips.std)
     progress = tqdm(total=cfg.epochs * steps_per_epoch, initial=run.step, desc="simclr", unit="step",
                     dynamic_ncols=True, disable=not context.is_main)
+    save = _checkpointer(checkpoint_path, resume_key, context)
     for epoch in range(run.epoch + 1, cfg.epochs + 1):
+        done_before = run.step - (epoch - 1) * steps_per_epoch  # > 0 only when resuming mid-epoch
         sampler.set_epoch(epoch)
+        sampler.skip = done_before * loader.batch_size
         dataset.set_epoch(epoch)
         model.train()
-        started, sums = time.perf_counter(), torch.zeros(3, dtype=torch.float64)
+        started, consecutive_skips = time.perf_counter(), 0
         batches = prefetch_in_thread(loader) if num_workers == 0 else loader
         for pairs in batches:  # (B, 2, C, S, S)
             scheduler.step_update(run.step)
-            sums += _train_step(trainer, optimizer, standardise, pairs, cfg, compute, run.step, epoch)
+            stats = _train_step(trainer, optimizer, standardise, pairs, cfg, compute, context)
+            consecutive_skips = 0 if stats is not None else consecutive_skips + 1
+            if stats is None:
+                _on_nonfinite(run, cfg, checkpoint_path, epoch, consecutive_skips)
+            else:
+                run.epoch_sums += stats
             run.step += 1
             progress.update()
+            if cfg.checkpoint_every_steps and run.step % cfg.checkpoint_every_steps == 0 \
+                    and run.step < epoch * steps_per_epoch:
+                save(run)
+        sampler.skip = 0
         run.history.images_per_s.append(
-            loader.batch_size * steps_per_epoch * context.world_size / (time.perf_counter() - started)
+            loader.batch_size * (steps_per_epoch - done_before) * context.world_size / (time.perf_counter() - started)
         )
-        row = _epoch_row(sums, steps_per_epoch, optimizer, context)
+        row = _epoch_row(run.epoch_sums, optimizer, context)
+        if run.skipped_steps:
+            row["skipped_steps"] = float(run.skipped_steps)
+        run.epoch_sums, run.skipped_steps = torch.zeros_like(run.epoch_sums), 0
         if context.is_main and cfg.knn_every_epochs and (epoch % cfg.knn_every_epochs == 0 or epoch == cfg.epochs):
             row["knn_acc"] = knn_accuracy(model.backbone, chips, cfg.knn_k, compute)
         run.epoch = epoch
@@ -154,10 +178,44 @@ def pretrain_simclr(
         _log_row(live, run.history.epochs[-1])
         log.info("epoch %d/%d %s, %.1f images/s", epoch, cfg.epochs, {k: round(v, 4) for k, v in row.items()},
                  run.history.images_per_s[-1])
-        if checkpoint_path is not None and context.is_main:
-            _save_checkpoint(checkpoint_path, run, resume_key)
+        save(run)
     progress.close()
     return run.history
+
+
+class _ResumableSampler(DistributedSampler):
+    """A DistributedSampler whose epoch can start ``skip`` samples in, to resume a mid-epoch checkpoint."""
+
+    skip: int = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+def _checkpointer(path: Path | None, resume_key: str, context: DistributedContext):
+    """Rank 0 writes the checkpoint; other ranks (and runs without a path) only note the step."""
+    def save(run: _Run) -> None:
+        if path is not None and context.is_main:
+            _save_checkpoint(path, run, resume_key)
+        run.checkpoint_step = run.step
+    return save
+
+
+def _on_nonfinite(run: _Run, cfg: SimCLRConfig, path: Path | None, epoch: int, consecutive: int) -> None:
+    """Apply ``simclr.on_nonfinite_loss`` to a step whose loss was NaN/inf (on any rank)."""
+    where = f"non-finite SimCLR loss at step {run.step} (epoch {epoch})"
+    last_good = (f"last good checkpoint: {path} (step {run.checkpoint_step})"
+                 if path is not None and run.checkpoint_step is not None else "no checkpoint written yet")
+    if cfg.on_nonfinite_loss == "stop":
+        raise FloatingPointError(f"{where}; {last_good}; lower simclr.lr or set simclr.on_nonfinite_loss: skip")
+    if consecutive > MAX_CONSECUTIVE_SKIPS:
+        raise FloatingPointError(f"{where}: {consecutive} non-finite steps in a row, the weights are broken; "
+                                 f"{last_good}; lower simclr.lr")
+    run.skipped_steps += 1
+    log.warning("%s: step skipped (simclr.on_nonfinite_loss: skip)", where)
 
 
 def _make_loader(
@@ -171,7 +229,7 @@ def _make_loader(
     per_rank = min(batch_size // context.world_size, len(dataset) // context.world_size)
     if per_rank < 2:
         raise ValueError(f"SimCLR needs at least 2 training chips per process, the train split has {len(dataset)}")
-    sampler = DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
+    sampler = _ResumableSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed)
     loader = DataLoader(
         dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
         num_workers=num_workers, persistent_workers=num_workers > 0,
@@ -195,16 +253,16 @@ def _wrap_for_training(model: nn.Module, cfg: SimCLRConfig, compute: Compute, co
 
 def _train_step(
     trainer: nn.Module, optimizer: torch.optim.Optimizer, standardise: ChannelStandardiser, pairs: torch.Tensor,
-    cfg: SimCLRConfig, compute: Compute, step: int, epoch: int,
-) -> torch.Tensor:
-    """One optimisation step on a (B, 2, C, S, S) batch; returns (loss, top1, embedding std) sums."""
+    cfg: SimCLRConfig, compute: Compute, context: DistributedContext,
+) -> torch.Tensor | None:
+    """One optimisation step on a (B, 2, C, S, S) batch; (loss, top1, embedding std, 1), or None if not finite."""
     views = standardise(torch.cat([pairs[:, 0], pairs[:, 1]])).to(compute.device, non_blocking=True)
     with compute.autocast():
         _, projections = trainer(views)
     z_a, z_b = projections.float().chunk(2)
     out = nt_xent_distributed(z_a, z_b, cfg.temperature)
-    if not torch.isfinite(out.loss):
-        raise FloatingPointError(f"non-finite SimCLR loss at step {step} (epoch {epoch}); lower simclr.lr")
+    if not _finite_on_every_rank(out.loss, context):
+        return None
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     if cfg.grad_clip_norm > 0:
@@ -212,17 +270,23 @@ def _train_step(
     optimizer.step()
     with torch.no_grad():
         spread = F.normalize(projections.float(), dim=1).std(dim=0).mean()
-        return torch.stack([out.loss.detach(), out.top1, spread]).double().cpu()
+        return torch.stack([out.loss.detach(), out.top1, spread, torch.ones_like(spread)]).double().cpu()
 
 
-def _epoch_row(
-    sums: torch.Tensor, steps: int, optimizer: torch.optim.Optimizer, context: DistributedContext
-) -> dict[str, float]:
-    """Epoch means over steps (and over ranks under torchrun) and the lr at the end of the epoch."""
+def _finite_on_every_rank(loss: torch.Tensor, context: DistributedContext) -> bool:
+    """Whether every rank's loss is finite: all ranks must agree to step or skip, or DDP would hang."""
+    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if context.is_distributed:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def _epoch_row(sums: torch.Tensor, optimizer: torch.optim.Optimizer, context: DistributedContext) -> dict[str, float]:
+    """Epoch means over the steps that updated (and over ranks under torchrun); the lr at the epoch's end."""
+    sums = sums.clone()
     if context.is_distributed:
         dist.all_reduce(sums)
-        sums /= context.world_size
-    loss, top1, spread = (sums / max(steps, 1)).tolist()
+    loss, top1, spread = (sums[:3] / max(float(sums[3]), 1.0)).tolist()
     return {"loss": loss, "top1": top1, "embedding_std": spread, "lr": optimizer.param_groups[0]["lr"]}
 
 
@@ -240,13 +304,13 @@ def _save_checkpoint(path: Path, run: _Run, resume_key: str) -> None:
     state = {
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": run.epoch,
         "step": run.step, "history": run.history.epochs, "resume_key": resume_key,
-        "torch_rng": torch.get_rng_state(),
+        "epoch_sums": run.epoch_sums, "skipped_steps": run.skipped_steps, "torch_rng": torch.get_rng_state(),
     }
     with atomic_file(path, "wb") as stream:
         torch.save(state, stream)
 
 
-def _maybe_resume(run: _Run, path: Path, resume_key: str, epochs: int, device: torch.device) -> None:
+def _maybe_resume(run: _Run, path: Path, resume_key: str, total_steps: int, device: torch.device) -> None:
     """Continue from an unfinished checkpoint of the same params; otherwise start afresh (and say why)."""
     if not path.exists():
         return
@@ -258,14 +322,16 @@ def _maybe_resume(run: _Run, path: Path, resume_key: str, epochs: int, device: t
     if state.get("resume_key") != resume_key:
         log.info("checkpoint %s belongs to other params; starting afresh", path)
         return
-    if not 0 < state["epoch"] < epochs:
-        log.info("checkpoint %s is a finished run (epoch %d); starting afresh", path, state["epoch"])
+    if not 0 < state["step"] < total_steps:
+        log.info("checkpoint %s is a finished run (step %d); starting afresh", path, state["step"])
         return
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.epoch, run.step, run.history.epochs = state["epoch"], state["step"], state["history"]
+    run.epoch_sums, run.skipped_steps = state["epoch_sums"].cpu(), state["skipped_steps"]
+    run.checkpoint_step = run.step
     torch.set_rng_state(state["torch_rng"].cpu())
-    log.info("resuming SimCLR from %s after epoch %d/%d", path, run.epoch, epochs)
+    log.info("resuming SimCLR from %s at step %d/%d (after epoch %d)", path, run.step, total_steps, run.epoch)
 
 
 def embedding_std_reference(dim: int) -> float:

@@ -12,6 +12,7 @@ from pipeline.augment import build_view_transform
 from pipeline.config import FinetuneConfig
 from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser, augment_one_view
+from pipeline.data.subsets import draw_batch
 from pipeline.models.heads import Classifier
 from pipeline.runtime import Compute
 
@@ -52,7 +53,7 @@ def finetune_classifier(
     model.train()
     for step in range(cfg.steps):
         scheduler.step_update(step)
-        batch = rng.choice(len(images), size=min(cfg.batch_size, len(images)), replace=False)
+        batch = draw_batch(rng, len(images), cfg.batch_size)
         views = np.stack([augment_one_view(transform, images[i], [seed, step, int(i)]) for i in batch])
         with compute.autocast():
             logits = model(standardise(torch.from_numpy(views)).to(compute.device))

@@ -40,6 +40,24 @@ def fraction_key(protocol: str, fraction: float) -> str:
     return f"{protocol}_{percent}pct"
 
 
+def transfer_protocols(cfg: EvaluateConfig, task: str) -> dict[str, float]:
+    """Protocol → label fraction a transfer task runs: ``finetune`` (the headline) and, when ``task`` is in
+    ``evaluate.transfer_sweep``, ``finetune_<p>pct`` per ``evaluate.label_fractions``."""
+    protocols = {"finetune": cfg.label_fraction}
+    if task in cfg.transfer_sweep:
+        protocols.update({fraction_key("finetune", fraction): fraction for fraction in cfg.label_fractions})
+    return protocols
+
+
+def run_protocols(protocols: dict[str, float], run_fraction: Callable[[float], object]) -> dict[str, object]:
+    """``run_fraction`` once per distinct fraction (runs are deterministic, so the headline is not re-run)."""
+    done: dict[float, object] = {}
+    for fraction in protocols.values():
+        if fraction not in done:
+            done[fraction] = run_fraction(fraction)
+    return {protocol: done[fraction] for protocol, fraction in protocols.items()}
+
+
 def _linear_runs(chips, train, test, train_features, test_features, cfg: EvaluateConfig, fraction: float):
     """Linear probe per seed at one label fraction; also returns the seeds' summed confusion matrix."""
     runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
@@ -56,13 +74,11 @@ def _linear_runs(chips, train, test, train_features, test_features, cfg: Evaluat
 
 def _linear_protocols(chips, train, test, train_features, test_features, cfg: EvaluateConfig):
     """The headline linear probe plus one run per ``evaluate.label_fractions`` (features extracted once)."""
-    runs, confusion = _linear_runs(chips, train, test, train_features, test_features, cfg, cfg.label_fraction)
-    by_protocol = {"linear": runs}
-    for fraction in cfg.label_fractions:
-        by_protocol[fraction_key("linear", fraction)] = _linear_runs(
-            chips, train, test, train_features, test_features, cfg, fraction
-        )[0]
-    return by_protocol, confusion
+    protocols = {"linear": cfg.label_fraction,
+                 **{fraction_key("linear", fraction): fraction for fraction in cfg.label_fractions}}
+    done = run_protocols(protocols, lambda fraction: _linear_runs(
+        chips, train, test, train_features, test_features, cfg, fraction))
+    return {protocol: runs for protocol, (runs, _) in done.items()}, done["linear"][1]
 
 
 def confusion_counts(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -105,18 +121,27 @@ def evaluate_backbone(
     train_features = extract_features(backbone, chips, train, compute=compute)
     test_features = extract_features(backbone, chips, test, compute=compute)
     runs, linear_confusion = _linear_protocols(chips, train, test, train_features, test_features, cfg)
-    finetune, finetune_confusion = [], np.zeros_like(linear_confusion)
-    for seed in cfg.seeds:
-        subset = train[label_subset(chips.labels[train], cfg.label_fraction, seed)]
-        proba = finetune_classifier(
-            make_backbone(), chips, subset, test, cfg.finetune, augment_preset, seed, compute=compute
-        )
-        finetune.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
-        finetune_confusion += confusion_counts(chips.labels[test], proba)
-        log.info("fine-tune seed %d: %s", seed, {k: round(v, 3) for k, v in finetune[-1].items()})
+    finetune = run_protocols(transfer_protocols(cfg, "finetune"), lambda fraction: _finetune_runs(
+        make_backbone, chips, train, test, cfg, augment_preset, fraction, compute))
+    finetune_confusion = finetune["finetune"][1]
     extra = {**extra, "confusion": {"linear": linear_confusion.tolist(), "finetune": finetune_confusion.tolist()},
              "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0])}
-    return _result({**runs, "finetune": finetune}, cfg, len(test), extra)
+    return _result({**runs, **{protocol: seeds for protocol, (seeds, _) in finetune.items()}}, cfg, len(test), extra)
+
+
+def _finetune_runs(make_backbone, chips, train, test, cfg: EvaluateConfig, augment_preset: str, fraction: float,
+                   compute: Compute) -> tuple[list[dict], np.ndarray]:
+    """Fine-tune per seed on that seed's label subset; also the seeds' summed test confusion matrix."""
+    runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
+    for seed in cfg.seeds:
+        subset = train[label_subset(chips.labels[train], fraction, seed)]
+        proba = finetune_classifier(make_backbone(), chips, subset, test, cfg.finetune, augment_preset, seed,
+                                    compute=compute)
+        runs.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
+        confusion += confusion_counts(chips.labels[test], proba)
+        log.info("fine-tune %g%% labels, seed %d: %s", fraction * 100, seed,
+                 {k: round(v, 3) for k, v in runs[-1].items()})
+    return runs, confusion
 
 
 def evaluate_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:

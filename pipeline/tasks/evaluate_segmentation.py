@@ -1,4 +1,5 @@
-"""Segmentation evaluation of one initialisation: fine-tune over seeds at the headline label fraction.
+"""Segmentation evaluation of one initialisation: fine-tune over seeds at the headline label fraction
+(and at every ``evaluate.label_fractions`` when ``seg`` is in ``evaluate.transfer_sweep``).
 
 Every seed draws its own stratified subset of the labelled training chips (the same subsets as
 classification), fine-tunes a fresh model and scores the fixed test split. A few test predictions are
@@ -18,6 +19,7 @@ from pipeline.data.chips import MASK_IGNORE, ChipSet
 from pipeline.data.subsets import label_subset
 from pipeline.metrics import segmentation_confusion, segmentation_metrics, summarise_runs
 from pipeline.runtime import Compute
+from pipeline.tasks.evaluate import run_protocols, transfer_protocols
 from pipeline.tasks.segmentation import build_segmenter, finetune_segmenter, predict_masks
 
 log = logging.getLogger(__name__)
@@ -39,19 +41,28 @@ def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name:
     train, test = _masked_split(chips, "train"), _masked_split(chips, "test")
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"segmentation needs masked train and test chips; found {len(train)} and {len(test)}")
-    classes, runs, overlays = chips.mask_classes, [], {}
-    truth = np.asarray(chips.masks[test])
-    for seed in cfg.seeds:
-        subset = train[label_subset(chips.labels[train], cfg.label_fraction, seed)]
-        model = build_segmenter(make_backbone(), backbone_name, cfg.segmentation.architecture, chips.in_chans,
-                                len(classes))
-        model = finetune_segmenter(model, chips, subset, cfg.segmentation, augment_preset, seed, compute)
-        predicted = predict_masks(model, chips, test, compute)
-        confusion = segmentation_confusion(truth, predicted, len(classes), MASK_IGNORE)
-        runs.append({"seed": seed, "n_labels": len(subset), **segmentation_metrics(confusion, classes)})
-        overlays = overlays or {"chips": test[:OVERLAY_CHIPS].tolist(), "predicted": predicted[:OVERLAY_CHIPS].tolist()}
-        log.info("segmentation seed %d: mIoU %.3f", seed, runs[-1]["miou"])
+    classes, truth = chips.mask_classes, np.asarray(chips.masks[test])
+
+    def runs_at(fraction: float) -> tuple[list[dict], dict]:
+        runs, overlays = [], {}
+        for seed in cfg.seeds:
+            subset = train[label_subset(chips.labels[train], fraction, seed)]
+            model = build_segmenter(make_backbone(), backbone_name, cfg.segmentation.architecture, chips.in_chans,
+                                    len(classes))
+            model = finetune_segmenter(model, chips, subset, cfg.segmentation, augment_preset, seed, compute)
+            predicted = predict_masks(model, chips, test, compute)
+            confusion = segmentation_confusion(truth, predicted, len(classes), MASK_IGNORE)
+            runs.append({"seed": seed, "n_labels": len(subset), **segmentation_metrics(confusion, classes)})
+            overlays = overlays or {"chips": test[:OVERLAY_CHIPS].tolist(),
+                                    "predicted": predicted[:OVERLAY_CHIPS].tolist()}
+            log.info("segmentation %g%% labels, seed %d: mIoU %.3f", fraction * 100, seed, runs[-1]["miou"])
+        return runs, overlays
+
+    done = run_protocols(transfer_protocols(cfg, "seg"), runs_at)
     names = ("miou", "mdice", *(f"dice_{name}" for name in classes))
-    return {"task": "seg", "label_fraction": cfg.label_fraction, "seeds": list(cfg.seeds), "n_test": len(test),
-            "classes": classes, "architecture": cfg.segmentation.architecture, "per_seed": {"finetune": runs},
-            "summary": {"finetune": summarise_runs(runs, names)}, "overlays": overlays, **extra}
+    return {"task": "seg", "label_fraction": cfg.label_fraction, "label_fractions": list(cfg.label_fractions),
+            "seeds": list(cfg.seeds), "n_test": len(test), "classes": classes,
+            "architecture": cfg.segmentation.architecture,
+            "per_seed": {protocol: runs for protocol, (runs, _) in done.items()},
+            "summary": {protocol: summarise_runs(runs, names) for protocol, (runs, _) in done.items()},
+            "overlays": done["finetune"][1], **extra}

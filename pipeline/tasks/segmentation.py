@@ -22,6 +22,7 @@ from pipeline.augment import build_view_transform
 from pipeline.config import SegmentationConfig
 from pipeline.data.chips import MASK_IGNORE, ChipSet
 from pipeline.data.datasets import ChannelStandardiser
+from pipeline.data.subsets import draw_batch
 from pipeline.runtime import Compute
 
 ARCHITECTURES = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}
@@ -78,7 +79,7 @@ def finetune_segmenter(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg:
     rng = np.random.default_rng([seed, 11])
     for step in range(cfg.steps):
         scheduler.step_update(step)
-        batch = train[rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=False)]
+        batch = train[draw_batch(rng, len(train), cfg.batch_size)]
         images, masks = _augmented_pairs(transform, chips, batch, [seed, step])
         with compute.autocast():
             logits = model(standardise(images).to(compute.device))
