@@ -6,8 +6,14 @@ import argparse
 import logging
 import os
 import sys
+import time
+from pathlib import Path
 
+from torch import nn
+
+from pipeline.atomic import write_json
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.models.backbone import create_backbone, provenance_dict
 from pipeline.runtime import Compute, configure_runtime, resolve_compute
 
 
@@ -37,3 +43,27 @@ def stage_compute(config: Config) -> Compute:
         )
     except ValueError as error:
         sys.exit(f"error: params.yaml: {error}")
+
+
+class BackboneFactory:
+    """Fresh weights of one initialisation on every call (each seed and fraction starts from the same
+    weights); remembers where they came from, for the result's provenance."""
+
+    def __init__(self, config: Config, domain: str, init: str, in_chans: int):
+        self.config, self.domain, self.init, self.in_chans = config, domain, init, in_chans
+        self.provenance: dict = {}
+
+    def __call__(self) -> nn.Module:
+        model, weights = create_backbone(
+            self.config.model.backbone, self.init, self.in_chans, seed=self.config.seed,
+            imagenet_weights=self.config.model.imagenet_weights,
+            simclr_export=Path(self.config.paths.pretrain) / self.domain,
+        )
+        self.provenance = provenance_dict(weights)
+        return model
+
+
+def write_result(config: Config, domain: str, name: str, result: dict, started: float) -> None:
+    """The stage's JSON, with its wall time (provenance only; never part of metrics.json)."""
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    write_json(Path(config.paths.evaluate) / domain / f"{name}.json", result)

@@ -3,33 +3,21 @@
 import time
 from pathlib import Path
 
-from pipeline.atomic import write_json
 from pipeline.data.chips import load_chipset
-from pipeline.models.backbone import create_backbone, provenance_dict
 from pipeline.presets import PRESETS
 from pipeline.tasks.evaluate import evaluate_backbone, evaluate_floor
-from stages.common import stage_compute, start_stage
+from stages.common import BackboneFactory, stage_compute, start_stage, write_result
 
 if __name__ == "__main__":
     config, args = start_stage(__doc__, with_init=True)
     started = time.perf_counter()
-    domain, init = args.domain, args.init
-    chips = load_chipset(Path(config.paths.ingest) / domain)
-    if init == "floor":
+    chips = load_chipset(Path(config.paths.ingest) / args.domain)
+    if args.init == "floor":
         result = evaluate_floor(chips, config.evaluate)
     else:
-        def make_backbone():
-            model, provenance = create_backbone(
-                config.model.backbone, init, chips.in_chans, seed=config.seed,
-                imagenet_weights=config.model.imagenet_weights, simclr_export=Path(config.paths.pretrain) / domain,
-            )
-            make_backbone.provenance = provenance_dict(provenance)
-            return model
-
-        augment = PRESETS[config.domain(domain).preset].augment
-        result = evaluate_backbone(
-            make_backbone, chips, config.evaluate, augment, {"init": init}, compute=stage_compute(config)
-        )
+        make_backbone = BackboneFactory(config, args.domain, args.init, chips.in_chans)
+        result = evaluate_backbone(make_backbone, chips, config.evaluate,
+                                   PRESETS[config.domain(args.domain).preset].augment, {"init": args.init},
+                                   compute=stage_compute(config))
         result["weights"] = make_backbone.provenance
-    result["wall_s"] = round(time.perf_counter() - started, 1)  # provenance only; never part of metrics.json
-    write_json(Path(config.paths.evaluate) / domain / f"{init}.json", result)
+    write_result(config, args.domain, args.init, result, started)
