@@ -235,7 +235,7 @@ def test_band_folder_is_one_scene_stacked_on_the_finest_grid(band_folder, tmp_pa
     source, folder, stored = band_folder
     (source / "labels.csv").write_text("path,label\nproducts/T33UUP_20200101,forest\n")
     report = ingest(source, tmp_path / "out", config(bands=["b04", "B03", 1, "B8A"]))
-    assert report["files"] == {"seen": 1, "ingested": 1, "rejected": 0, "skipped": 0}
+    assert report["files"] == {"seen": 1, "ingested": 1, "rejected": 0, "skipped": 0, "labels": 0}
     chips = load_chipset(tmp_path / "out")
     assert chips.channel_names == ["B04", "B03", "B02", "B8A"]
     upsampled = np.zeros((64, 64), np.uint16)  # rasterio's own warp of the 20 m band onto the 10 m grid

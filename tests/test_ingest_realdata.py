@@ -24,8 +24,8 @@ def _ingest(folder: Path, preset: str, tmp_path: Path, **options) -> dict:
 
 def _accounted(report: dict) -> None:
     files = report["files"]
-    assert files["seen"] == files["ingested"] + files["rejected"] + files["skipped"]
-    for line in report["rejected"] + report["skipped"]:
+    assert files["seen"] == files["ingested"] + files["rejected"] + files["skipped"] + files["labels"]
+    for line in report["rejected"] + report["skipped"] + [e for e in report["labels"] if "reason" in e]:
         assert line["reason"].startswith(line["path"]) and "\n" not in line["reason"]
 
 
@@ -43,7 +43,9 @@ def test_dicom_ct_with_segmentation_objects(tmp_path):
     assert report["files"]["ingested"] >= 3 and report["files"]["rejected"] == 0  # CT slices and multi-frame CT
     skipped = {line["path"]: line["reason"] for line in report["skipped"]}
     assert "not an image" in skipped["sr-example/sr.dcm"]  # a structured report has no pixels to learn from
-    assert "segmentation object" in skipped["segmentations/liver.dcm"]  # DICOM SEG: a label, not an image
+    labels = {entry["path"]: entry for entry in report["labels"]}  # DICOM SEG: labels for the CT, not images
+    assert labels["segmentations/liver.dcm"]["images"] == 3 and "segmentations/liver.dcm" not in skipped
+    assert "none of them in the source folder" in skipped["sr-example/seg.dcm"]  # its PET images are absent
     assert report["chips"]["kept"] > report["files"]["ingested"]  # multi-frame objects give one chip per frame
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 import torch
 import yaml
@@ -58,7 +59,9 @@ def tiny_repo(tmp_path_factory) -> tuple[Path, dict]:
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
         _run(cmd, root, env)
-    _run(["dvc", "repro", "--quiet"], root, env)
+    done = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    (root / "repro.log").write_text(done.stdout + done.stderr)  # every stage's log, for the PHI scan
+    assert done.returncode == 0, f"dvc repro failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return root, env
 
 
@@ -88,6 +91,33 @@ def test_metrics_file_has_every_key(tiny_repo):
             assert protocol in metrics[domain][task]["simclr"], f"{domain}.{task}: no label-fraction sweep"
         for suffix in ("_finetune", "_seg"):
             assert (root / "reports" / "label_efficiency" / f"{domain}{suffix}.csv").is_file()
+
+
+def _demo_identifiers(demo: Path) -> set[str]:
+    """The raw PatientName, PatientID, PatientBirthDate and AccessionNumber of every demo DICOM file."""
+    values = set()
+    for path in demo.rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        values |= {str(ds.get(key, "")) for key in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")}
+    return {value for value in values if value}
+
+
+@pytest.mark.slow
+def test_no_patient_identifier_in_any_output(tiny_repo):
+    """Manifests, reports, metrics, figures, checkpoints, dvc.lock and the stage logs: every byte the pipeline
+    wrote is searched for every raw identifier of the demo's patients (the demo DICOMs themselves and DVC's
+    cache copies of them excepted)."""
+    root, _ = tiny_repo
+    identifiers = _demo_identifiers(root / "data" / "demo" / "medical")
+    assert len(identifiers) > 10
+    inputs = (root / ".git", root / ".dvc" / "cache", root / "data" / "demo")
+    outputs = [p for p in root.rglob("*") if p.is_file() and not any(p.is_relative_to(skip) for skip in inputs)]
+    assert any(p.name == "manifest.csv" for p in outputs) and (root / "dvc.lock") in outputs
+    leaks = []
+    for path in outputs:
+        written = path.read_bytes()
+        leaks += [f"{path.relative_to(root)}: {value}" for value in identifiers if value.encode() in written]
+    assert not leaks, leaks
 
 
 @pytest.mark.slow

@@ -5,6 +5,10 @@ Which reader and which split a domain uses comes from its preset (:data:`pipelin
 one-line reason in the outcome report and the rest of the folder is still ingested (``ingest.strict`` stops at
 the first one instead). Files are read by ``ingest.workers`` processes and merged in sorted order, so the cache
 does not depend on the number of workers.
+
+DICOM-SEG and RTSTRUCT objects are labels, not images: a first pass in the main process
+(:mod:`pipeline.data.segmentations`) turns them into masks that travel with the tasks of the images they
+reference, and the report counts them under ``files.labels`` with one ``labels`` entry each.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from pipeline.config import DomainDataConfig
 from pipeline.data.boxes import write_box_cache
 from pipeline.data.chips import channel_statistics, write_manifest
+from pipeline.data.segmentations import FolderLabels
 from pipeline.data.sources import (
     MASK_NODATA, SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
     read_mask_classes,
@@ -46,8 +51,10 @@ class IngestedChips:
     channel_names: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
     masks: list[np.ndarray | None] = field(default_factory=list)
+    mask_classes: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    labels: list[dict[str, object]] = field(default_factory=list)  # DICOM-SEG / RTSTRUCT used as masks
     files_seen: int = 0
     files_ingested: int = 0
     chips_dropped_low_valid: int = 0
@@ -69,6 +76,15 @@ class IngestedChips:
         self.masks += result.masks or [None] * len(result.images)
         self.chips_dropped_low_valid += result.dropped_low_valid
 
+    def add_label_objects(self, found: FolderLabels, strict: bool) -> None:
+        """Merge the first pass's outcomes; ``strict`` stops at the first (by path) unusable label object."""
+        bad = sorted(found.rejected + found.skipped, key=lambda line: line["path"])
+        if strict and bad:
+            raise IngestError(bad[0]["reason"])
+        self.rejected += found.rejected
+        self.skipped += found.skipped
+        self.labels += found.used
+
 
 def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False,
                 domain: str = "") -> IngestedChips:
@@ -77,9 +93,13 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
     labels = read_labels_csv(source)
     class_names = read_class_names(source, list(labels.values()))
     salt = phi_salt()
-    tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt, domain)
-             for path in kind.list_files(source)]
-    out = IngestedChips(files_seen=len(tasks))
+    files = kind.list_files(source)
+    mask_classes = read_mask_classes(source)
+    found = kind.find_labels(source, files, mask_classes) if kind.find_labels else FolderLabels(files)
+    tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt,
+                      domain, found.frame_masks.get(path)) for path in found.images]
+    out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes)
+    out.add_label_objects(found, strict)
     for result in _map_ordered(partial(read_file_safely, kind.read_file), tasks, workers):
         if strict and (result.rejected or result.skipped):
             raise IngestError(result.rejected or result.skipped)
@@ -142,7 +162,7 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     np.save(out_dir / "chips.npy", images)
     np.save(out_dir / "valid.npy", valid)
     write_manifest(out_dir / "manifest.csv", rows)
-    mask_classes = _write_masks(out_dir, [found.masks[i] for i in keep], cfg.chip_size, source)
+    mask_classes = _write_masks(out_dir, [found.masks[i] for i in keep], cfg.chip_size, found.mask_classes)
     write_box_cache(out_dir, rows, source, cfg.chip_size)  # COCO boxes.json of the source, if any
     counts = {split: dict(sorted(Counter(r["label"] or "<unlabelled>" for r in rows if r["split"] == split).items()))
               for split in ("train", "val", "test")}
@@ -155,23 +175,26 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     return report
 
 
-def _write_masks(out_dir: Path, masks: list[np.ndarray | None], size: int, source: Path) -> list[str]:
+def _write_masks(out_dir: Path, masks: list[np.ndarray | None], size: int,
+                 mask_classes: list[str]) -> list[str]:
     """``masks.npy`` (N, S, S) uint8 when any chip has a mask; chips without one are all 255 (ignored)."""
     if all(mask is None for mask in masks):
         return []
     ignore = np.full((size, size), MASK_NODATA, np.uint8)
     np.save(out_dir / "masks.npy", np.stack([ignore if mask is None else mask for mask in masks]))
-    return read_mask_classes(source)
+    return mask_classes
 
 
 def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict) -> dict:
-    """Counts of every outcome, then one line per file that gave no chips and why."""
+    """Counts of every outcome (seen = ingested + rejected + skipped + labels), then one line per file that
+    gave no chips and why, and one entry per segmentation object used as labels."""
     return {
         "files": {"seen": found.files_seen, "ingested": found.files_ingested, "rejected": len(found.rejected),
-                  "skipped": len(found.skipped)},
+                  "skipped": len(found.skipped), "labels": len(found.labels)},
         "chips": {"kept": chips, "dropped_low_valid_fraction": found.chips_dropped_low_valid,
                   "dropped_split_buffer": buffer_dropped},
         "rejected": found.rejected,
         "skipped": found.skipped,
+        "labels": found.labels,
         "counts": counts,
     }

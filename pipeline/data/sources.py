@@ -1,8 +1,9 @@
 """One source file → its chips, or the one-line reason it was rejected or skipped.
 
 Each kind of folder (DICOM, GeoTIFF, plain images) is a :class:`SourceKind` row in :data:`SOURCE_KINDS`:
-how to list its files and how to read one. Reading a file is a top-level function of one picklable
-:class:`FileTask`, so ingest can hand files to worker processes and still merge results in a fixed order.
+how to list its files, how to read one and (DICOM) which files are label objects for the others. Reading a
+file is a top-level function of one picklable :class:`FileTask`, so ingest can hand files to worker processes
+and still merge results in a fixed order.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pipeline.config import DomainDataConfig
 from pipeline.data.scenes import (
     GDAL_CACHE_BYTES, list_scenes, open_chip_labels, open_scene, to_unit_range, value_range,
 )
+from pipeline.data.segmentations import FolderLabels, find_dicom_labels
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom import GREYSCALE, HUWindow, NotAnImageError, is_dicom_file, iter_dicom_frames, window_stack
 
@@ -44,6 +46,9 @@ class FileTask:
     class_names: list[str]
     salt: str
     domain: str = ""  # the ``data.<domain>`` key, named in configuration hints of rejection reasons
+    # DICOM-SEG / RTSTRUCT class ids on the image's own grid by 1-based frame number (a frame not in it is
+    # all background); None when no segmentation object references the file (pipeline.data.segmentations).
+    frame_masks: dict[int, np.ndarray] | None = None
 
 
 @dataclass
@@ -145,6 +150,7 @@ def read_dicom_file(task: FileTask) -> FileChips:
 
     Multi-frame and enhanced multi-frame objects give one chip per frame (each with its own rescale); a
     colour frame (secondary capture, screenshot) has no HU values to window and is skipped with a reason.
+    Masks: see :func:`dicom_frame_mask`.
     """
     windows = [HUWindow(w.center, w.width) for w in task.cfg.dicom.hu_windows]
     out = FileChips(task.relative, channel_names=dicom_channel_names(task.cfg))
@@ -158,9 +164,25 @@ def read_dicom_file(task: FileTask) -> FileChips:
         out.valid.append(valid)
         out.rows.append({"source": task.relative, "frame": image.frame_index,
                          "group": pseudonymise(image.patient_key, task.salt), "label": task.labels.get(task.relative, "")})
-        mask_path = task.source / "masks" / Path(task.relative).with_suffix(".png")
-        out.masks.append(read_raster_mask(mask_path, task.cfg.chip_size, valid) if image.frame_index == 0 else None)
+        out.masks.append(dicom_frame_mask(task, image.frame_index, image.values.shape, valid))
     return out
+
+
+def dicom_frame_mask(task: FileTask, frame_index: int, shape: tuple[int, ...],
+                     valid: np.ndarray) -> np.ndarray | None:
+    """The chip mask of one frame: from DICOM-SEG / RTSTRUCT when one references the file (they replace a PNG,
+    see :mod:`pipeline.data.segmentations`), else from ``masks/<file>.png`` for the first frame, else None."""
+    size = task.cfg.chip_size
+    if task.frame_masks is None:
+        png = task.source / "masks" / Path(task.relative).with_suffix(".png")
+        return read_raster_mask(png, size, valid) if frame_index == 0 else None
+    mask = task.frame_masks.get(frame_index + 1)
+    if mask is None:
+        return chip_mask(np.zeros(shape, np.uint8), size, valid)
+    if mask.shape != tuple(shape):
+        raise UnreadableImageError(f"{task.path}: frame {frame_index + 1} is {shape[0]}x{shape[1]} pixels, "
+                                   f"its segmentation mask {mask.shape[0]}x{mask.shape[1]}")
+    return chip_mask(mask, size, valid)
 
 
 def read_raster_mask(path: Path, size: int, valid: np.ndarray) -> np.ndarray | None:
@@ -170,7 +192,13 @@ def read_raster_mask(path: Path, size: int, valid: np.ndarray) -> np.ndarray | N
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.ndim != 2:
         raise UnreadableImageError(f"{path}: a mask must be a single-channel class-id image")
-    mask = cv2.resize(raw.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    return chip_mask(raw, size, valid)
+
+
+def chip_mask(class_ids: np.ndarray, size: int, valid: np.ndarray) -> np.ndarray:
+    """(H, W) class ids on the image grid → (size, size) uint8 by nearest neighbour (ids are not averaged),
+    ``MASK_NODATA`` where the chip's ``valid`` mask is False."""
+    mask = cv2.resize(class_ids.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
     return np.where(valid, mask, MASK_NODATA).astype(np.uint8)
 
 
@@ -273,14 +301,19 @@ def _match_channels(values: np.ndarray, channels: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SourceKind:
-    """How one kind of source folder is listed and read (a preset's ``reader`` names a row)."""
+    """How one kind of source folder is listed and read (a preset's ``reader`` names a row).
+
+    ``find_labels`` (optional) runs once over the listed files before any is read: it sets label objects
+    apart from images and gives each image its masks (``(source, files, mask_classes) → FolderLabels``).
+    """
 
     list_files: Callable[[Path], list[Path]]
     read_file: Callable[[FileTask], FileChips]
+    find_labels: Callable[[Path, list[Path], list[str]], FolderLabels] | None = None
 
 
 SOURCE_KINDS: dict[str, SourceKind] = {
-    "dicom": SourceKind(list_dicom_files, read_dicom_file),
+    "dicom": SourceKind(list_dicom_files, read_dicom_file, find_dicom_labels),
     "geotiff": SourceKind(list_geotiff_files, read_geotiff_file),
     "image": SourceKind(list_image_files, read_image_file),
 }

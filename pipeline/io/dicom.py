@@ -37,8 +37,10 @@ Policies:
   greyscale-only and rejects colour.
 * **Not images**: SR, KO, PR, RT plan / dose / structure set, waveforms, DICOMDIR, SEG … raise
   :class:`NotAnImageError` (a subclass of ``UnreadableImageError``): report them as *skipped*, not *rejected*.
-  SEG and RTSTRUCT are labels: they raise the subclass :class:`SegmentationObjectError`, and
-  :func:`read_segmentation_reference` reads which images they refer to.
+  SEG and RTSTRUCT are labels: they raise the subclass :class:`SegmentationObjectError`,
+  :func:`read_segmentation_reference` reads which images they refer to, and
+  :func:`pipeline.io.dicom_seg.read_seg_layers` / :func:`pipeline.io.dicom_rtstruct.read_rtstruct_layers`
+  decode their masks on those images' pixel grids.
 """
 
 from __future__ import annotations

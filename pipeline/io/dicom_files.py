@@ -5,6 +5,7 @@ key-object selections, RT plans and doses, segmentations, and the DICOMDIR index
 them is DICOM, so "is DICOM" and "is an image" are two separate questions, answered here:
 
 * :func:`is_dicom_file`: the content is DICOM (not the extension), the DICOMDIR index excluded.
+* :func:`segmentation_kind`: a DICOM-SEG or RTSTRUCT (labels for other images), from the SOP class alone.
 * :func:`check_image_object`: raises :class:`NotAnImageError` for objects that are not images, with a one-line
   reason naming the file, so ingest can report them as *skipped* (not *rejected*: nothing is wrong with them).
 
@@ -103,6 +104,25 @@ def _raw_stream_is_dicom(path: Path) -> bool:
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     known_syntax = syntax is None or UID(str(syntax)).is_transfer_syntax
     return sop_class.type == "SOP Class" and instance.is_valid and known_syntax
+
+
+def segmentation_kind(path: Path) -> str | None:
+    """``"SEG"`` or ``"RTSTRUCT"`` for a segmentation object, else None, from its SOP class alone.
+
+    Ingest asks this of every file before decoding anything, so it reads the file meta group (a few hundred
+    bytes) and falls back to the dataset header only for raw streams, which have none. An unreadable file
+    returns None: the image reader then rejects it with its own reason.
+    """
+    try:
+        uid = str(read_file_meta_info(path).get("MediaStorageSOPClassUID", "") or "")
+    except Exception:  # no meta group (raw stream) or a damaged one: read the header instead
+        uid = ""
+    if not uid:
+        try:
+            uid = sop_class_uid(read_dataset(path, stop_before_pixels=True))
+        except UnreadableImageError:
+            return None
+    return SEGMENTATION_SOP_CLASSES.get(uid)
 
 
 def read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:

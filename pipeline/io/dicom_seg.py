@@ -1,25 +1,52 @@
-"""DICOM-SEG and RTSTRUCT objects as *labels*: what they segment and which images they refer to.
+"""DICOM-SEG and RTSTRUCT objects as *labels*: which images they segment, and their masks on those images.
 
 A segmentation is never ingested as an image (:func:`pipeline.io.dicom.read_dicom_frames` raises
-:class:`~pipeline.io.dicom_files.NotAnImageError` for it); instead :func:`read_segmentation_reference` reads
-only its header, so that a later step can pair it with the images it was drawn on by SOP Instance UID
-(``DicomImage.sop_instance_uid``, plus ``frame_index + 1`` for multi-frame sources). Pixel masks are not
-decoded here.
+:class:`~pipeline.io.dicom_files.SegmentationObjectError` for it). Two readers, cheapest first:
+
+* :func:`read_segmentation_reference` reads only the header: the segment labels and the SOP Instance UIDs
+  (and, for multi-frame sources, frame numbers) of the images it was drawn on, so ingest can pair it with
+  those images (``DicomImage.sop_instance_uid``, frame number ``frame_index + 1``) before decoding anything.
+* :func:`read_seg_layers` decodes a DICOM-SEG into one :class:`SegmentLayer` per segment: boolean masks on the
+  pixel grid of each referenced source image, keyed by :data:`ImageKey`. RTSTRUCT contours are rasterised by
+  :func:`pipeline.io.dicom_rtstruct.read_rtstruct_layers`, which returns the same layers.
+
+How a SEG frame becomes a mask (pydicom decodes the frames one at a time; BINARY frames are bit-packed in
+the file and come back as 0 / 1):
+
+* **BINARY**: pixel ≠ 0 is in the segment.
+* **FRACTIONAL**: in the segment when the stored value ≥ 0.5 × MaximumFractionalValue, i.e. when at least half
+  of the pixel (occupancy) or a probability of at least one half belongs to it, the usual reading of both
+  FractionalType values.
+* **LABELMAP** (Label Map Segmentation Storage, or SegmentationType ``LABELMAP``): one frame holds every
+  segment; the pixel value is the SegmentNumber. PixelPaddingValue and values that name no segment belong to
+  no segment.
+
+A frame is placed by its Derivation Image macro (the first Source Image of the frame); a frame without one
+cannot be placed and is counted in ``DecodedSegmentation.unplaced`` rather than guessed from its position.
+Several frames of one segment on the same image are OR-ed. Overlaps *between* segments are not resolved here:
+layers stay separate so that the caller can apply one rule over all objects of a folder
+(:mod:`pipeline.data.segmentations`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import (
     SEGMENTATION_SOP_CLASSES, frame_count, one_line, read_dataset, sop_class_name, sop_class_uid,
 )
+from pipeline.io.dicom_pixels import decode_frames
+
+LABEL_MAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage
+ImageKey = tuple[str, int]
+"""(SOP Instance UID, 1-based frame number) of one source image; a single-frame image is frame 1."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +90,11 @@ def read_segmentation_reference(path: Path) -> SegmentationReference:
         UnreadableImageError: not readable, or not a segmentation object. The message names the file.
     """
     path = Path(path)
-    ds = read_dataset(path, stop_before_pixels=True)
+    return segmentation_reference(read_dataset(path, stop_before_pixels=True), path)
+
+
+def segmentation_reference(ds: Dataset, path: Path) -> SegmentationReference:
+    """:func:`read_segmentation_reference` of a dataset already read (``path`` only names it in errors)."""
     uid = sop_class_uid(ds)
     kind = SEGMENTATION_SOP_CLASSES.get(uid)
     if kind is None:
@@ -120,3 +151,113 @@ def _rtstruct_reference(ds: Dataset) -> SegmentationReference:
     referenced = _uids(contour_images) | _uids(series_images)
     return SegmentationReference("RTSTRUCT", str(ds.get("SOPInstanceUID", "")), tuple(sorted(referenced)),
                                  labels)
+
+
+@dataclass
+class SegmentLayer:
+    """One segment (SEG) or ROI (RTSTRUCT) as boolean masks on the source images it was drawn on.
+
+    Attributes:
+        number: SegmentNumber (SEG) or ROINumber (RTSTRUCT).
+        label: SegmentLabel or ROIName as written, ``""`` when absent.
+        masks: (H, W) bool on the pixel grid (Rows × Columns) of each source image it covers.
+    """
+
+    number: int
+    label: str
+    masks: dict[ImageKey, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def area(self) -> int:
+        """Pixels over all its images: the size by which overlapping segments are ordered."""
+        return sum(int(np.count_nonzero(mask)) for mask in self.masks.values())
+
+    def add(self, key: ImageKey, mask: np.ndarray) -> None:
+        """OR ``mask`` into the mask of image ``key`` (several frames or contours may cover one image)."""
+        mask = np.asarray(mask, dtype=bool)
+        self.masks[key] = self.masks[key] | mask if key in self.masks else mask
+
+
+@dataclass(frozen=True)
+class DecodedSegmentation:
+    """A segmentation object decoded into layers.
+
+    Attributes:
+        reference: its header (:func:`read_segmentation_reference`).
+        layers: one per segment / ROI, in SegmentNumber / ROINumber order, including empty ones.
+        unplaced: SEG frames or RTSTRUCT contours that name no source image, hence are not in any layer.
+    """
+
+    reference: SegmentationReference
+    layers: tuple[SegmentLayer, ...]
+    unplaced: int = 0
+
+
+def read_seg_layers(path: Path) -> DecodedSegmentation:
+    """Decode a DICOM-SEG (Segmentation or Label Map Segmentation Storage) into one layer per segment.
+
+    Masks are keyed by the frame's source image; a reference without ReferencedFrameNumber is frame 1, which
+    is the whole image for the usual single-frame source.
+
+    Raises:
+        UnreadableImageError: unreadable, not a SEG, undecodable pixel data, or frames that do not match
+            the per-frame functional groups / segment definitions. One line naming the file.
+    """
+    path = Path(path)
+    ds = read_dataset(path)
+    reference = segmentation_reference(ds, path)
+    if reference.kind != "SEG":
+        raise UnreadableImageError(f"{path}: not a DICOM-SEG ({reference.kind}: read its contours instead)")
+    pixels = _seg_frames(ds, path, len(reference.frames))
+    layers = {number: SegmentLayer(number, reference.segment_labels[number])
+              for number in sorted(reference.segment_labels)}
+    label_map = sop_class_uid(ds) == LABEL_MAP_SOP_CLASS or _segmentation_type(ds) == "LABELMAP"
+    unplaced = 0
+    for index, (frame, place) in enumerate(zip(pixels, reference.frames, strict=True)):
+        if not place.referenced_sop_instance_uid:
+            unplaced += 1
+            continue
+        key = (place.referenced_sop_instance_uid, place.referenced_frame_number or 1)
+        if label_map:
+            _add_label_map_frame(layers, key, frame, ds.get("PixelPaddingValue"))
+        elif place.segment_number not in layers:
+            raise UnreadableImageError(f"{path}: frame {index + 1} names segment {place.segment_number}, "
+                                       "which the SegmentSequence does not define")
+        else:
+            layers[place.segment_number].add(key, _foreground(frame, ds, path))
+    return DecodedSegmentation(reference, tuple(layers.values()), unplaced)
+
+
+def _segmentation_type(ds: Dataset) -> str:
+    return str(ds.get("SegmentationType", "") or "").strip().upper()
+
+
+def _seg_frames(ds: Dataset, path: Path, placed_frames: int) -> Iterator[np.ndarray]:
+    """Decoded (H, W) frames one at a time (a SEG of many segments can hold thousands of frames); each frame
+    needs its per-frame functional group to be placed."""
+    frames = frame_count(ds, path)
+    if frames != placed_frames:
+        raise UnreadableImageError(f"{path}: {frames} frames but {placed_frames} per-frame functional groups "
+                                   "to place them")
+    return decode_frames(ds, path)
+
+
+def _foreground(frame: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+    """BINARY: any set pixel; FRACTIONAL: at least half of MaximumFractionalValue."""
+    if _segmentation_type(ds) != "FRACTIONAL":
+        return frame != 0
+    maximum = ds.get("MaximumFractionalValue")
+    if not maximum:
+        raise UnreadableImageError(f"{path}: FRACTIONAL segmentation without MaximumFractionalValue")
+    return frame.astype(np.float64) >= 0.5 * float(maximum)
+
+
+def _add_label_map_frame(layers: dict[int, SegmentLayer], key: ImageKey, frame: np.ndarray,
+                         padding: object) -> None:
+    """A label-map frame: pixel value = SegmentNumber; the padding value belongs to no segment."""
+    for number, layer in layers.items():
+        if padding is not None and number == int(padding):
+            continue
+        hit = frame == number
+        if hit.any():
+            layer.add(key, hit)

@@ -46,6 +46,7 @@ from pipeline.metrics import classification_metrics
 from pipeline.models.heads import SimCLRModel
 from pipeline.runtime import Compute
 from pipeline.ssl.distributed import DistributedContext, nt_xent_distributed
+from pipeline.tasks.optim import adamw
 from pipeline.tasks.probe import extract_features, knn_predict_proba
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,12 @@ class _Run:
     checkpoint_step: int | None = None  # step of the last checkpoint written or resumed from
 
 
-def build_optimizer(model: nn.Module, cfg: SimCLRConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: SimCLRConfig, device: torch.device) -> torch.optim.Optimizer:
     """AdamW (robust for small CPU batches) or LARS; 1-D params (BN, bias) get no decay / adaptation."""
     groups = param_groups_weight_decay(model, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "lars":
         return Lars(groups, lr=cfg.lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return adamw(groups, device, lr=cfg.lr)
 
 
 def knn_accuracy(backbone: nn.Module, chips: ChipSet, k: int, compute: Compute = Compute()) -> float:
@@ -124,7 +125,7 @@ def pretrain_simclr(
     dataset = TwoViewDataset(chips, chips.indices("train"), augment_preset, cfg.image_size, seed)
     loader, sampler = _make_loader(dataset, cfg.batch_size, seed, num_workers, context)
     steps_per_epoch = len(loader)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, compute.device)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=cfg.epochs * steps_per_epoch, warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
         warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from pipeline.augment import build_view_transform
@@ -15,6 +14,7 @@ from pipeline.data.datasets import ChannelStandardiser, augment_one_view
 from pipeline.data.subsets import draw_batch
 from pipeline.models.heads import Classifier
 from pipeline.runtime import Compute
+from pipeline.tasks.optim import transfer_optimizer
 
 
 def finetune_classifier(
@@ -35,16 +35,8 @@ def finetune_classifier(
     """
     torch.manual_seed(seed)
     model = Classifier(backbone, len(chips.classes)).to(compute.device, memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": model.backbone.parameters(), "lr": cfg.lr},
-            {"params": model.head.parameters(), "lr": cfg.lr * cfg.head_lr_multiplier},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=cfg.steps, warmup_t=max(1, cfg.steps // 10), t_in_epochs=False
-    )
+    optimizer, scheduler = transfer_optimizer(model.backbone.parameters(), model.head.parameters(), cfg.lr,
+                                              cfg.head_lr_multiplier, cfg.weight_decay, cfg.steps, compute.device)
     standardise = ChannelStandardiser(chips.mean, chips.std)
     transform = build_view_transform(augment_preset, chips.images.shape[-1])
     images = np.asarray(chips.images[train_indices], dtype=np.float32)

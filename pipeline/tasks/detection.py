@@ -19,7 +19,6 @@ from collections import OrderedDict
 import numpy as np
 import timm
 import torch
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -31,6 +30,7 @@ from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser
 from pipeline.data.subsets import draw_batch
 from pipeline.runtime import Compute
+from pipeline.tasks.optim import transfer_optimizer
 from pipeline.tasks.segmentation import transfer_encoder_weights
 
 FEATURE_LEVELS = (1, 2, 3, 4)  # timm out_indices: strides 4, 8, 16, 32 (64-px chips → 16 … 2 px maps)
@@ -134,10 +134,8 @@ def finetune_detector(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg: 
     body = list(model.backbone.body.parameters())
     body_ids = {id(p) for p in body}
     new = [p for p in model.parameters() if id(p) not in body_ids]
-    optimizer = torch.optim.AdamW([{"params": body, "lr": cfg.lr},
-                                   {"params": new, "lr": cfg.lr * cfg.head_lr_multiplier}],
-                                  weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.steps, warmup_t=max(1, cfg.steps // 10), t_in_epochs=False)
+    optimizer, scheduler = transfer_optimizer(body, new, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay, cfg.steps,
+                                              compute.device)
     standardise = ChannelStandardiser(chips.mean, chips.std)
     rng = np.random.default_rng([seed, 13])
     for step in range(cfg.steps):

@@ -15,7 +15,6 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from pipeline.augment import build_view_transform
@@ -24,6 +23,7 @@ from pipeline.data.chips import MASK_IGNORE, ChipSet
 from pipeline.data.datasets import ChannelStandardiser
 from pipeline.data.subsets import draw_batch
 from pipeline.runtime import Compute
+from pipeline.tasks.optim import transfer_optimizer
 
 ARCHITECTURES = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}
 # Layers of a timm classifier that a features_only encoder does not have (EfficientNet's head conv + BN,
@@ -69,10 +69,8 @@ def finetune_segmenter(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg:
     torch.manual_seed(seed)
     model = model.to(compute.device, memory_format=torch.channels_last).train()
     decoder = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
-    optimizer = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": cfg.lr},
-                                   {"params": decoder, "lr": cfg.lr * cfg.decoder_lr_multiplier}],
-                                  weight_decay=cfg.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=cfg.steps, warmup_t=max(1, cfg.steps // 10), t_in_epochs=False)
+    optimizer, scheduler = transfer_optimizer(model.encoder.parameters(), decoder, cfg.lr, cfg.decoder_lr_multiplier,
+                                              cfg.weight_decay, cfg.steps, compute.device)
     dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=MASK_IGNORE)
     standardise = ChannelStandardiser(chips.mean, chips.std)
     transform = build_view_transform(augment_preset, chips.images.shape[-1])
