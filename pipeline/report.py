@@ -48,6 +48,11 @@ def read_segmentation_results(evaluate_dir: Path, domains: list[str], task: str 
                      if (evaluate_dir / domain / f"{task}_{init}.json").exists()} for domain in domains}
 
 
+def trained_result(results: dict[str, dict]) -> dict:
+    """A network's result (not the floor's) of a transfer task, for the settings its section describes."""
+    return next(result for init, result in results.items() if init != "floor")
+
+
 def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path,
                     segmentation: dict[str, dict[str, dict]] | None = None,
                     detection: dict[str, dict[str, dict]] | None = None) -> dict:

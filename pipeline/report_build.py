@@ -22,7 +22,7 @@ from pipeline.presets import DomainPreset
 from pipeline.report import (
     HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, compare, conclusions, fraction_conclusions,
     label_efficiency_curves, label_efficiency_table, metric_name, read_results, read_segmentation_results,
-    segmentation_table,
+    segmentation_table, trained_result,
 )
 from pipeline.report_detection import detection_section
 from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
@@ -99,11 +99,22 @@ class LabelEfficiencySweep:
     metric: str
     what: str
     suffix: str
+    floor_protocol: str = ""  # the floor's protocol shown in this sweep's floor row, when it differs
+
+    def by_init(self, metrics: dict) -> dict:
+        """init → summaries of this sweep's task, the floor's ``floor_protocol`` runs filed under ``protocol``
+        (nothing fine-tunes the image-statistics floor; its linear probe is still the trivial classifier)."""
+        by_init = metrics.get(self.task, {})
+        if not self.floor_protocol or "floor" not in by_init:
+            return by_init
+        floor = {self.protocol + key[len(self.floor_protocol):]: summary
+                 for key, summary in by_init["floor"].items() if key.startswith(self.floor_protocol)}
+        return {**by_init, "floor": floor}
 
 
 LABEL_EFFICIENCY = (
     LabelEfficiencySweep("cls", "linear", HEADLINE_METRIC, "Linear probe", ""),
-    LabelEfficiencySweep("cls", "finetune", HEADLINE_METRIC, "Fine-tuned classifier", "_finetune"),
+    LabelEfficiencySweep("cls", "finetune", HEADLINE_METRIC, "Fine-tuned classifier", "_finetune", "linear"),
     LabelEfficiencySweep("seg", "finetune", "miou", "Segmentation", "_seg"),
     LabelEfficiencySweep("det", "finetune", "map50", "Detection", "_det"),
 )
@@ -112,7 +123,7 @@ LABEL_EFFICIENCY = (
 def _label_efficiency_block(document: Document, inputs: ReportInputs, domain: str, metrics: dict,
                             sweep: LabelEfficiencySweep) -> None:
     """Table, CI-band curve (PNG + CSV for `dvc plots`) and sentences of one sweep, when it ran."""
-    by_init = metrics.get(sweep.task, {})
+    by_init = sweep.by_init(metrics)
     curves = label_efficiency_curves(by_init, inputs.label_fractions, sweep.metric, sweep.protocol)
     if not curves:
         return
@@ -186,7 +197,7 @@ def _segmentation_section(document: Document, inputs: ReportInputs, domain: str,
     """Table, conclusion and overlays of the segmentation transfer, when the segment stages ran."""
     if "seg" not in metrics:
         return
-    seg, first = metrics["seg"], next(iter(results.values()))
+    seg, first = metrics["seg"], trained_result(results)
     document.add(Heading(f"{domain}: segmentation", 2), Paragraph(
         f"{first['architecture']} decoder on the same backbone, fine-tuned at {first['label_fraction']:.0%} of the "
         f"labelled training chips; {first['n_test']} test chips; pixels marked ignore (nodata, padding) not scored."),

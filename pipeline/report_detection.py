@@ -14,7 +14,7 @@ from pipeline import figures
 from pipeline.data.chips import load_chipset
 from pipeline.display import display_views
 from pipeline.presets import DomainPreset
-from pipeline.report import INIT_ORDER, compare, detection_table
+from pipeline.report import INIT_ORDER, compare, detection_table, trained_result
 from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph
 
 
@@ -23,7 +23,7 @@ def detection_section(document: Document, ingest_dir: Path, figure_dir: Path, do
     """Table, conclusion and example boxes of the detection transfer, when the detect stages ran."""
     if "det" not in metrics:
         return
-    det, first = metrics["det"], next(iter(results.values()))
+    det, first = metrics["det"], trained_result(results)
     document.add(Heading(f"{domain}: detection", 2), Paragraph(
         f"{first['architecture']} with an FPN on the same backbone, fine-tuned at {first['label_fraction']:.0%} of "
         f"the annotated training chips; {first['n_test']} test chips with {first['n_test_boxes']} boxes "

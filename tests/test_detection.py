@@ -14,7 +14,7 @@ from pipeline.data.chips import ChipSet
 from pipeline.metrics import detection_map
 from pipeline.models.backbone import create_backbone, export_backbone
 from pipeline.tasks.detection import ARCHITECTURES, build_detector
-from pipeline.tasks.evaluate_detection import evaluate_detection
+from pipeline.tasks.evaluate_detection import box_prior, evaluate_detection, evaluate_detection_floor
 
 NAME = "tf_efficientnet_lite0"
 
@@ -208,3 +208,27 @@ def test_report_metrics_carry_detection_and_tolerate_its_absence(tmp_path):
     document = Document("t")
     detection_section(document, tmp_path, tmp_path, "medical", None, {}, without["medical"])
     assert document == Document("t")
+
+
+def test_box_prior_scores_each_box_by_how_many_labelled_chips_agree():
+    square, other = [2, 2, 12, 12], [20, 20, 30, 30]
+    boxes = [np.array([[*square, 0]], np.float32), np.array([[2, 3, 12, 13, 0], [*other, 0]], np.float32),
+             np.array([[*square, 1]], np.float32), np.zeros((0, 5), np.float32)]
+    prior = box_prior(boxes, max_detections=10)
+    # class 0: the square twice (IoU 0.82, merged by NMS, support 2 of 4 chips) and the other box once; class 1: once
+    assert prior.shape == (3, 6)
+    by_class = {(int(row[5]), round(float(row[4]), 2)) for row in prior}
+    assert by_class == {(0, 0.5), (0, 0.25), (1, 0.25)}
+    assert box_prior(boxes, max_detections=1).shape == (1, 6)
+    assert box_prior([np.zeros((0, 5), np.float32)], 10).shape == (0, 6)
+
+
+def test_floor_scores_the_box_prior_on_the_same_label_subsets():
+    chips = _chips_with_boxes()
+    cfg = EvaluateConfig(label_fraction=1.0, label_fractions=[1.0], transfer_sweep=["det"], seeds=[0, 1])
+    floor = evaluate_detection_floor(chips, cfg)
+    assert floor["init"] == "floor" and floor["n_test"] == 7 and "examples" in floor
+    assert 0 <= floor["summary"]["finetune"]["map50"] < 0.5  # random square positions: a position prior is weak
+    fixed = _chips_with_boxes()
+    fixed.boxes = [None if b is None else np.array([[4, 4, 14, 14, 0]], np.float32) for b in fixed.boxes]
+    assert evaluate_detection_floor(fixed, cfg)["summary"]["finetune"]["map50"] == pytest.approx(1.0)

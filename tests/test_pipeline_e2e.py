@@ -80,7 +80,7 @@ def test_metrics_file_has_every_key(tiny_repo):
     assert "medical" in report and "simclr" in report and "±" in report
     assert "data:image/png;base64" in (root / "reports" / "report.html").read_text()
     for domain in ("medical", "remote"):
-        for init in ("simclr", "imagenet", "random"):
+        for init in ("floor", "simclr", "imagenet", "random"):
             assert 0 <= metrics[domain]["seg"][init]["finetune"]["miou"] <= 1
             map50 = metrics[domain]["det"][init]["finetune"]["map50"]  # NaN only if the tiny test split has no box
             assert math.isnan(map50) or 0 <= map50 <= 1

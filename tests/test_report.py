@@ -95,8 +95,10 @@ def test_metrics_hold_headline_and_label_efficiency_protocols(report_dir):
     assert simclr["finetune_50pct"] == simclr["finetune"]  # the headline fraction is one point of the sweep
     with open(report_dir / "label_efficiency" / "remote_finetune.csv") as stream:
         rows = list(csv.DictReader(stream))
-    assert list(rows[0]) == ["label_fraction", "random", "imagenet", "simclr"]  # no floor: it is not fine-tuned
+    assert list(rows[0]) == ["label_fraction", "floor", "random", "imagenet", "simclr"]
     assert float(rows[0]["random"]) == pytest.approx(metrics["remote"]["cls"]["random"]["finetune_10pct"]["auroc"])
+    # nothing fine-tunes the image-statistics floor: its row is its linear probe, the trivial classifier
+    assert float(rows[0]["floor"]) == pytest.approx(metrics["remote"]["cls"]["floor"]["linear_10pct"]["auroc"])
 
 
 def test_markdown_numbers_come_from_the_results(report_dir):

@@ -8,7 +8,7 @@ from pipeline.config import EvaluateConfig, SegmentationConfig
 from pipeline.data.chips import ChipSet
 from pipeline.metrics import segmentation_confusion, segmentation_metrics
 from pipeline.models.backbone import create_backbone, export_backbone
-from pipeline.tasks.evaluate_segmentation import evaluate_segmentation
+from pipeline.tasks.evaluate_segmentation import evaluate_segmentation, evaluate_segmentation_floor, pixel_prior
 from pipeline.tasks.segmentation import ARCHITECTURES, build_segmenter, transfer_encoder_weights
 
 NAME = "tf_efficientnet_lite0"
@@ -90,3 +90,23 @@ def test_tiny_finetune_is_deterministic_and_scored():
     summary = first["summary"]["finetune"]
     assert 0 <= summary["miou"] <= 1 and {"dice_dark", "dice_bright", "miou_ci95"} <= summary.keys()
     assert len(first["overlays"]["predicted"]) == 4 and np.asarray(first["overlays"]["predicted"]).shape[1:] == (32, 32)
+
+
+def test_pixel_prior_is_the_most_frequent_class_at_each_position():
+    masks = np.array([[[0, 1], [2, 255]], [[0, 1], [1, 255]], [[1, 1], [2, 255]]], np.uint8)
+    # (0,0): 0,0,1 → 0; (0,1): 1 ×3 → 1; (1,0): 2,1,2 → 2; (1,1) never labelled → the most frequent class overall (1)
+    assert pixel_prior(masks, 3, 255).tolist() == [[0, 1], [2, 1]]
+
+
+def test_floor_scores_the_prior_on_the_same_label_subsets():
+    chips = _chips_with_masks()  # every chip: top half dark, bottom half bright, a nodata strip: the prior is exact
+    cfg = EvaluateConfig(label_fraction=0.5, label_fractions=[0.5, 1.0], seeds=[0, 1], transfer_sweep=["seg"])
+    floor = evaluate_segmentation_floor(chips, cfg)
+    assert floor["init"] == "floor" and set(floor["summary"]) == {"finetune", "finetune_50pct", "finetune_100pct"}
+    assert floor["summary"]["finetune"]["miou"] == pytest.approx(1.0)
+    flipped = _chips_with_masks()
+    flipped.masks[12:16] = np.where(flipped.masks[12:16] == 255, 255, 1 - flipped.masks[12:16])  # val only
+    flipped.masks[16:] = np.where(flipped.masks[16:] == 255, 255, 1 - flipped.masks[16:])  # test: halves swapped
+    assert evaluate_segmentation_floor(flipped, cfg)["summary"]["finetune"]["miou"] == pytest.approx(0.0)
+    assert [r["n_labels"] for r in floor["per_seed"]["finetune"]] == [
+        r["n_labels"] for r in floor["per_seed"]["finetune_50pct"]]

@@ -1,5 +1,6 @@
 """Detection evaluation of one initialisation: fine-tune over seeds at the headline label fraction
-(and at every ``evaluate.label_fractions`` when ``det`` is in ``evaluate.transfer_sweep``).
+(and at every ``evaluate.label_fractions`` when ``det`` is in ``evaluate.transfer_sweep``), and the trivial
+floor (a box position prior) on the same label subsets.
 
 Like segmentation, every seed draws its own stratified subset of the annotated training chips (the same
 :func:`label_subset` draw over the chip labels), fine-tunes a fresh detector and scores COCO mAP on the fixed
@@ -44,6 +45,49 @@ def _example_chips(chips: ChipSet, test: np.ndarray) -> np.ndarray:
 def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: str, chips: ChipSet,
                        cfg: EvaluateConfig, extra: dict, compute: Compute = Compute()) -> dict:
     """Per seed: fine-tune on a label subset, then mAP@0.5 and mAP@0.5:0.95 on the test split."""
+
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> list[np.ndarray]:
+        model = build_detector(make_backbone(), backbone_name, chips.in_chans, len(chips.box_classes or []),
+                               int(chips.images.shape[-1]), cfg.detection)
+        model = finetune_detector(model, chips, subset, cfg.detection, seed, compute)
+        return predict_boxes(model, chips, test, compute)
+
+    return _evaluate(chips, cfg, fit_predict, {"architecture": cfg.detection.architecture, **extra}, examples=True)
+
+
+def evaluate_detection_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
+    """The trivial floor on the same label subsets: every test chip gets the subset's box prior."""
+
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> list[np.ndarray]:
+        prior = box_prior([chips.boxes[i] for i in subset], cfg.detection.max_detections)
+        return [prior] * len(test)
+
+    extra = {"init": "floor", "architecture": "box position prior",
+             "features": "the labelled chips' boxes where they were, scored by how many labelled boxes agree"}
+    return _evaluate(chips, cfg, fit_predict, extra, examples=False)
+
+
+def box_prior(boxes: list[np.ndarray], max_detections: int, iou: float = 0.5) -> np.ndarray:
+    """(K, 6) x0, y0, x1, y1, score, class: the labelled boxes at their own positions, each scored by the number
+    of labelled same-class boxes overlapping it at IoU ≥ ``iou`` per labelled chip, duplicates removed by NMS.
+    Knows where objects of each size tend to be and nothing about the image: what any detector must beat."""
+    import torch
+    from torchvision.ops import batched_nms, box_iou
+
+    found = [b for b in boxes if len(b)]
+    if not found:
+        return np.zeros((0, 6), np.float32)
+    every = torch.as_tensor(np.concatenate(found), dtype=torch.float32)
+    same_class = every[:, 4, None] == every[None, :, 4]
+    support = ((box_iou(every[:, :4], every[:, :4]) >= iou) & same_class).sum(dim=1) / max(1, len(boxes))
+    keep = batched_nms(every[:, :4], support.float(), every[:, 4].long(), iou)[:max_detections]
+    return torch.cat([every[keep, :4], support[keep, None].float(), every[keep, 4:5]], dim=1).numpy()
+
+
+def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
+              fit_predict: Callable[[np.ndarray, int, np.ndarray], list[np.ndarray]], extra: dict,
+              examples: bool) -> dict:
+    """Seeds × ``transfer_protocols(cfg, "det")``: each seed's label subset → ``fit_predict`` → test mAP."""
     if chips.boxes is None or not chips.box_classes:
         raise ValueError("detection needs boxes in the chip cache (a COCO boxes.json in the source folder)")
     train, test = annotated_split(chips, "train"), annotated_split(chips, "test")
@@ -54,28 +98,25 @@ def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: st
     position = {int(index): n for n, index in enumerate(test)}
 
     def runs_at(fraction: float) -> tuple[list[dict], dict]:
-        runs, examples = [], {}
+        runs, drawn = [], {}
         for seed in cfg.seeds:
             subset = train[label_subset(chips.labels[train], fraction, seed)]
-            model = build_detector(make_backbone(), backbone_name, chips.in_chans, len(chips.box_classes),
-                                   int(chips.images.shape[-1]), cfg.detection)
-            model = finetune_detector(model, chips, subset, cfg.detection, seed, compute)
-            predicted = predict_boxes(model, chips, test, compute)
+            predicted = fit_predict(subset, seed, test)
             runs.append({"seed": seed, "n_labels": len(subset),
                          "n_label_boxes": int(sum(len(chips.boxes[i]) for i in subset)),
                          **detection_map(truth, predicted)})
-            examples = examples or {"chips": shown.tolist(), "predicted": [
-                np.round(predicted[position[int(i)]][predicted[position[int(i)]][:, 4] >= EXAMPLE_MIN_SCORE], 2).tolist()
-                for i in shown]}
-            log.info("detection %g%% labels, seed %d: mAP@0.5 %.3f, mAP@0.5:0.95 %.3f", fraction * 100, seed,
-                     runs[-1]["map50"], runs[-1]["map"])
-        return runs, examples
+            if examples and not drawn:
+                drawn = {"chips": shown.tolist(), "predicted": [
+                    np.round(predicted[position[int(i)]][predicted[position[int(i)]][:, 4] >= EXAMPLE_MIN_SCORE],
+                             2).tolist() for i in shown]}
+            log.info("detection %s %g%% labels, seed %d: mAP@0.5 %.3f, mAP@0.5:0.95 %.3f", extra.get("init", ""),
+                     fraction * 100, seed, runs[-1]["map50"], runs[-1]["map"])
+        return runs, drawn
 
     done = run_protocols(transfer_protocols(cfg, "det"), runs_at)
     return {"task": "det", "label_fraction": cfg.label_fraction, "label_fractions": list(cfg.label_fractions),
             "seeds": list(cfg.seeds), "n_test": len(test),
             "n_test_boxes": int(sum(len(t) for t in truth)), "classes": chips.box_classes,
-            "architecture": cfg.detection.architecture,
             "per_seed": {protocol: runs for protocol, (runs, _) in done.items()},
             "summary": {protocol: summarise_runs(runs, DETECTION_METRICS) for protocol, (runs, _) in done.items()},
             "examples": done["finetune"][1], **extra}

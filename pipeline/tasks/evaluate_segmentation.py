@@ -1,5 +1,6 @@
 """Segmentation evaluation of one initialisation: fine-tune over seeds at the headline label fraction
-(and at every ``evaluate.label_fractions`` when ``seg`` is in ``evaluate.transfer_sweep``).
+(and at every ``evaluate.label_fractions`` when ``seg`` is in ``evaluate.transfer_sweep``), and the trivial
+floor (a per-pixel class prior) on the same label subsets.
 
 Every seed draws its own stratified subset of the labelled training chips (the same subsets as
 classification), fine-tunes a fresh model and scores the fixed test split. A few test predictions are
@@ -36,6 +37,42 @@ def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name:
                           cfg: EvaluateConfig, augment_preset: str, extra: dict,
                           compute: Compute = Compute()) -> dict:
     """Per seed: fine-tune on a label subset, then mIoU / Dice on the test split (255 pixels ignored)."""
+    classes = chips.mask_classes or []
+
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> np.ndarray:
+        model = build_segmenter(make_backbone(), backbone_name, cfg.segmentation.architecture, chips.in_chans,
+                                len(classes))
+        model = finetune_segmenter(model, chips, subset, cfg.segmentation, augment_preset, seed, compute)
+        return predict_masks(model, chips, test, compute)
+
+    return _evaluate(chips, cfg, fit_predict, {"architecture": cfg.segmentation.architecture, **extra},
+                     overlays=True)
+
+
+def evaluate_segmentation_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
+    """The trivial floor on the same label subsets: every test chip gets the subset's per-pixel prior."""
+
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> np.ndarray:
+        prior = pixel_prior(np.asarray(chips.masks[subset]), len(chips.mask_classes), MASK_IGNORE)
+        return np.broadcast_to(prior, (len(test), *prior.shape))
+
+    extra = {"init": "floor", "architecture": "per-pixel class prior",
+             "features": "the most frequent class at each pixel position of the labelled chips"}
+    return _evaluate(chips, cfg, fit_predict, extra, overlays=False)
+
+
+def pixel_prior(masks: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:
+    """(S, S) class ids: per pixel position, the class most often seen there in ``masks`` (N, S, S), ignoring
+    ``ignore``; positions never labelled take the most frequent class overall. Knows where classes tend to
+    be (body vs air in CT, a scene's land cover) and nothing about the image: what any network must beat."""
+    counts = np.stack([(masks == k).sum(axis=0) for k in range(num_classes)])  # (K, S, S)
+    overall = int(counts.sum(axis=(1, 2)).argmax())
+    return np.where(counts.sum(axis=0) > 0, counts.argmax(axis=0), overall).astype(np.uint8)
+
+
+def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
+              fit_predict: Callable[[np.ndarray, int, np.ndarray], np.ndarray], extra: dict, overlays: bool) -> dict:
+    """Seeds × ``transfer_protocols(cfg, "seg")``: each seed's label subset → ``fit_predict`` → test metrics."""
     if chips.masks is None or not chips.mask_classes:
         raise ValueError("segmentation needs masks in the chip cache (masks/ beside the images) and mask_classes")
     train, test = _masked_split(chips, "train"), _masked_split(chips, "test")
@@ -44,25 +81,22 @@ def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name:
     classes, truth = chips.mask_classes, np.asarray(chips.masks[test])
 
     def runs_at(fraction: float) -> tuple[list[dict], dict]:
-        runs, overlays = [], {}
+        runs, shown = [], {}
         for seed in cfg.seeds:
             subset = train[label_subset(chips.labels[train], fraction, seed)]
-            model = build_segmenter(make_backbone(), backbone_name, cfg.segmentation.architecture, chips.in_chans,
-                                    len(classes))
-            model = finetune_segmenter(model, chips, subset, cfg.segmentation, augment_preset, seed, compute)
-            predicted = predict_masks(model, chips, test, compute)
+            predicted = fit_predict(subset, seed, test)
             confusion = segmentation_confusion(truth, predicted, len(classes), MASK_IGNORE)
             runs.append({"seed": seed, "n_labels": len(subset), **segmentation_metrics(confusion, classes)})
-            overlays = overlays or {"chips": test[:OVERLAY_CHIPS].tolist(),
-                                    "predicted": predicted[:OVERLAY_CHIPS].tolist()}
-            log.info("segmentation %g%% labels, seed %d: mIoU %.3f", fraction * 100, seed, runs[-1]["miou"])
-        return runs, overlays
+            if overlays and not shown:
+                shown = {"chips": test[:OVERLAY_CHIPS].tolist(), "predicted": predicted[:OVERLAY_CHIPS].tolist()}
+            log.info("segmentation %s %g%% labels, seed %d: mIoU %.3f", extra.get("init", ""), fraction * 100, seed,
+                     runs[-1]["miou"])
+        return runs, shown
 
     done = run_protocols(transfer_protocols(cfg, "seg"), runs_at)
     names = ("miou", "mdice", *(f"dice_{name}" for name in classes))
     return {"task": "seg", "label_fraction": cfg.label_fraction, "label_fractions": list(cfg.label_fractions),
             "seeds": list(cfg.seeds), "n_test": len(test), "classes": classes,
-            "architecture": cfg.segmentation.architecture,
             "per_seed": {protocol: runs for protocol, (runs, _) in done.items()},
             "summary": {protocol: summarise_runs(runs, names) for protocol, (runs, _) in done.items()},
             "overlays": done["finetune"][1], **extra}
