@@ -144,26 +144,30 @@ def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
+COMPARED_WITH = {"imagenet": "imagenet init", "random": "random init", "floor": "the trivial floor"}
+
+
 def compare(cls: dict, protocol: str, metric: str = HEADLINE_METRIC, setting: str = "") -> str:
-    """One sentence: SimCLR against ImageNet and random init under ``protocol``, judged by the CIs."""
+    """One sentence: SimCLR against ImageNet init, random init and the trivial floor (where it has this
+    protocol) under ``protocol``, judged by the CIs."""
     simclr = cls.get("simclr", {}).get(protocol)
     if not simclr:
         return ""
     parts = []
-    for other in ("imagenet", "random"):
+    for other, name in COMPARED_WITH.items():
         ref = cls.get(other, {}).get(protocol)
         if not ref:
             continue
         diff = simclr[metric] - ref[metric]
         spread = simclr[f"{metric}_ci95"] + ref[f"{metric}_ci95"]
         if spread == 0:  # e.g. 100 % labels: every seed fits the same labelled set, so there is no CI to judge by
-            parts.append(f"differs from {other} init by {diff:+.3f} {metric_name(metric)} "
+            parts.append(f"differs from {name} by {diff:+.3f} {metric_name(metric)} "
                          "(every seed used the same labels: no CI, no significance claim)")
         elif abs(diff) <= spread:
-            parts.append(f"shows no significant difference from {other} init ({diff:+.3f} {metric_name(metric)}, CIs overlap)")
+            parts.append(f"shows no significant difference from {name} ({diff:+.3f} {metric_name(metric)}, CIs overlap)")
         else:
             verb = "beats" if diff > 0 else "is worse than"
-            parts.append(f"{verb} {other} init by {abs(diff):.3f} {metric_name(metric)} (CIs do not overlap)")
+            parts.append(f"{verb} {name} by {abs(diff):.3f} {metric_name(metric)} (CIs do not overlap)")
     return f"{setting}SimCLR " + "; ".join(parts) + "." if parts else ""
 
 

@@ -248,6 +248,9 @@ def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]],
         summary = inputs.pretrain_dir / domain / "summary.json"
         if summary.exists() and read_json(summary).get("wall_s"):
             walls = {"pretrain": read_json(summary)["wall_s"], **walls}
+        ingest = inputs.reports_dir / "ingest" / f"{domain}.json"
+        if ingest.exists() and read_json(ingest).get("wall_s"):
+            walls = {"ingest": read_json(ingest)["wall_s"], **walls}
         if walls:
             lines.append(f"wall time {domain}: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in walls.items()))
     return lines

@@ -5,6 +5,7 @@ never a half-written one that looks complete. The outcome report goes to ``repor
 """
 
 import sys
+import time
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
@@ -14,6 +15,7 @@ from stages.common import start_stage
 
 if __name__ == "__main__":
     config, args = start_stage(__doc__)
+    started = time.perf_counter()
     section = config.domain(args.domain)
     source = Path(config.paths.demo) / args.domain if section.source == "demo" else Path(section.source)
     try:
@@ -22,4 +24,5 @@ if __name__ == "__main__":
                                    workers=config.ingest.workers, strict=config.ingest.strict, domain=args.domain)
     except (IngestError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: ingest {args.domain}: {error}")
-    write_json(Path(config.paths.reports) / "ingest" / f"{args.domain}.json", {"source": section.source, **report})
+    write_json(Path(config.paths.reports) / "ingest" / f"{args.domain}.json",
+               {"source": section.source, **report, "wall_s": round(time.perf_counter() - started, 1)})

@@ -129,6 +129,9 @@ def test_conclusions_follow_the_confidence_intervals():
     assert "no significant difference from imagenet init (+0.020 AUROC, CIs overlap)" in compare(close, "linear")
     worse = {"simclr": summary(0.60, 0.01), "imagenet": summary(0.70, 0.01)}
     assert "is worse than imagenet init" in compare(worse, "linear")
+    below_floor = {"simclr": summary(0.60, 0.01), "random": summary(0.50, 0.01), "floor": summary(0.75, 0.02)}
+    assert "is worse than the trivial floor by 0.150 AUROC (CIs do not overlap)" in compare(below_floor, "linear")
+    assert "the trivial floor" not in compare(apart, "linear")  # no floor result, no floor clause
     all_labels = {"simclr": summary(0.80, 0.0), "imagenet": summary(0.79, 0.0)}
     assert "no significance claim" in compare(all_labels, "linear") and "beats" not in compare(all_labels, "linear")
 
