@@ -23,6 +23,7 @@ from pydicom.uid import (
 
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom import NotAnImageError, read_dicom, read_dicom_frames
+from tests.helpers.dicom_items import sequence_item
 from tests.test_io_dicom import MR_LOSSLESS_VARIANTS, pydicom_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -50,25 +51,18 @@ def enhanced_ct(stored: np.ndarray, per_frame: bool = True) -> Dataset:
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     frames = [Dataset() for _ in stored]
     for i, frame in enumerate(frames):
-        frame.PixelMeasuresSequence = Sequence([_item(PixelSpacing=[0.5 + i, 0.25 + i])])
+        frame.PixelMeasuresSequence = Sequence([sequence_item(PixelSpacing=[0.5 + i, 0.25 + i])])
         if per_frame:
-            frame.PixelValueTransformationSequence = Sequence([_item(
+            frame.PixelValueTransformationSequence = Sequence([sequence_item(
                 RescaleSlope=SLOPES[i], RescaleIntercept=INTERCEPTS[i], RescaleType="HU")])
     shared = Dataset()
     if not per_frame:
-        shared.PixelValueTransformationSequence = Sequence([_item(
+        shared.PixelValueTransformationSequence = Sequence([sequence_item(
             RescaleSlope=SLOPES[1], RescaleIntercept=INTERCEPTS[1], RescaleType="HU")])
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     ds.PixelData = stored.astype("<i2").tobytes()
     return ds
-
-
-def _item(**attributes) -> Dataset:
-    item = Dataset()
-    for keyword, value in attributes.items():
-        setattr(item, keyword, value)
-    return item
 
 
 @pytest.fixture

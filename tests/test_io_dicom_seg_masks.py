@@ -29,6 +29,7 @@ from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_rtstruct import image_plane, patient_to_pixel, read_rtstruct_layers
 from pipeline.io.dicom_seg import LABEL_MAP_SOP_CLASS, read_seg_layers
 from pipeline.presets import PRESETS
+from tests.helpers.dicom_items import sequence_item
 from tests.test_io_dicom import write_ct
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -61,13 +62,6 @@ def _object(sop_class: str, modality: str) -> Dataset:
     return ds
 
 
-def _item(**attributes) -> Dataset:
-    item = Dataset()
-    for keyword, value in attributes.items():
-        setattr(item, keyword, value)
-    return item
-
-
 def write_seg(path: Path, frames: list[tuple[int | None, str, np.ndarray]], labels: dict[int, str],
               segmentation_type: str = "BINARY", sop_class: str = SegmentationStorage,
               series_uids: list[str] | None = None, **attributes) -> Path:
@@ -79,10 +73,10 @@ def write_seg(path: Path, frames: list[tuple[int | None, str, np.ndarray]], labe
     bits = 1 if segmentation_type == "BINARY" else 8
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
     ds.SegmentationType = segmentation_type
-    ds.SegmentSequence = Sequence([_item(SegmentNumber=n, SegmentLabel=label) for n, label in labels.items()])
+    ds.SegmentSequence = Sequence([sequence_item(SegmentNumber=n, SegmentLabel=label) for n, label in labels.items()])
     uids = series_uids if series_uids is not None else list(dict.fromkeys(uid for _, uid, _ in frames))
-    instances = [_item(ReferencedSOPClassUID=CTImageStorage, ReferencedSOPInstanceUID=uid) for uid in uids]
-    ds.ReferencedSeriesSequence = Sequence([_item(SeriesInstanceUID=generate_uid(),
+    instances = [sequence_item(ReferencedSOPClassUID=CTImageStorage, ReferencedSOPInstanceUID=uid) for uid in uids]
+    ds.ReferencedSeriesSequence = Sequence([sequence_item(SeriesInstanceUID=generate_uid(),
                                                   ReferencedInstanceSequence=Sequence(instances))])
     ds.PerFrameFunctionalGroupsSequence = Sequence([_frame_group(segment, uid) for segment, uid, _ in frames])
     for keyword, value in attributes.items():
@@ -93,24 +87,24 @@ def write_seg(path: Path, frames: list[tuple[int | None, str, np.ndarray]], labe
 
 
 def _frame_group(segment: int | None, uid: str) -> Dataset:
-    source = _item(ReferencedSOPClassUID=CTImageStorage, ReferencedSOPInstanceUID=uid)
-    group = _item(DerivationImageSequence=Sequence([_item(SourceImageSequence=Sequence([source]))]))
+    source = sequence_item(ReferencedSOPClassUID=CTImageStorage, ReferencedSOPInstanceUID=uid)
+    group = sequence_item(DerivationImageSequence=Sequence([sequence_item(SourceImageSequence=Sequence([source]))]))
     if segment is not None:
-        group.SegmentIdentificationSequence = Sequence([_item(ReferencedSegmentNumber=segment)])
+        group.SegmentIdentificationSequence = Sequence([sequence_item(ReferencedSegmentNumber=segment)])
     return group
 
 
 def write_rtstruct(path: Path, rois: dict[int, str], contours: list[tuple[int, str, np.ndarray]]) -> Path:
     """An RTSTRUCT: ``contours`` = (ROI number, image UID, (N, 3) patient points in mm), all CLOSED_PLANAR."""
     ds = _object(RTStructureSetStorage, "RTSTRUCT")
-    ds.StructureSetROISequence = Sequence([_item(ROINumber=n, ROIName=name) for n, name in rois.items()])
+    ds.StructureSetROISequence = Sequence([sequence_item(ROINumber=n, ROIName=name) for n, name in rois.items()])
     by_roi: dict[int, list[Dataset]] = {number: [] for number in rois}
     for number, uid, points in contours:
-        image = _item(ReferencedSOPClassUID=CTImageStorage, ReferencedSOPInstanceUID=uid)
-        by_roi[number].append(_item(ContourGeometricType="CLOSED_PLANAR", NumberOfContourPoints=len(points),
+        image = sequence_item(ReferencedSOPClassUID=CTImageStorage, ReferencedSOPInstanceUID=uid)
+        by_roi[number].append(sequence_item(ContourGeometricType="CLOSED_PLANAR", NumberOfContourPoints=len(points),
                                     ContourData=[f"{v:.4f}" for v in np.ravel(points)],
                                     ContourImageSequence=Sequence([image])))
-    ds.ROIContourSequence = Sequence([_item(ReferencedROINumber=n, ContourSequence=Sequence(items))
+    ds.ROIContourSequence = Sequence([sequence_item(ReferencedROINumber=n, ContourSequence=Sequence(items))
                                       for n, items in by_roi.items()])
     ds.save_as(path, enforce_file_format=True)
     return path
