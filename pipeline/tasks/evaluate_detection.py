@@ -15,7 +15,9 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from torch import nn
+from torchvision.ops import batched_nms, box_iou
 
 from pipeline.config import EvaluateConfig
 from pipeline.data.chips import ChipSet
@@ -71,9 +73,6 @@ def box_prior(boxes: list[np.ndarray], max_detections: int, iou: float = 0.5) ->
     """(K, 6) x0, y0, x1, y1, score, class: the labelled boxes at their own positions, each scored by the number
     of labelled same-class boxes overlapping it at IoU ≥ ``iou`` per labelled chip, duplicates removed by NMS.
     Knows where objects of each size tend to be and nothing about the image: what any detector must beat."""
-    import torch
-    from torchvision.ops import batched_nms, box_iou
-
     found = [b for b in boxes if len(b)]
     if not found:
         return np.zeros((0, 6), np.float32)
