@@ -209,6 +209,7 @@ class DetectionConfig(_Strict):
     # fcos uses only the smallest, doubled per level, as its box-size ranges
     anchor_sizes: list[list[PositiveFloat]] = [[4, 8], [16, 24], [32, 48], [64, 96]]
     aspect_ratios: list[PositiveFloat] = [0.5, 1.0, 2.0]
+    augment: bool = True  # the domain's box-aware recipe (pipeline/augment_boxes.py); false = none
     max_detections: PositiveInt = 50  # per chip
     score_threshold: Fraction = 0.01  # low: mAP needs the whole ranked list
 

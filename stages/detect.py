@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 from pipeline.data.chips import load_chipset
+from pipeline.presets import PRESETS
 from pipeline.tasks.evaluate_detection import evaluate_detection, evaluate_detection_floor
 from stages.common import BackboneFactory, stage_compute, start_stage, write_result
 
@@ -16,6 +17,7 @@ if __name__ == "__main__":
     else:
         make_backbone = BackboneFactory(config, args.domain, args.init, chips.in_chans)
         result = evaluate_detection(make_backbone, config.model.backbone, chips, config.evaluate, {"init": args.init},
-                                    compute=stage_compute(config))
+                                    compute=stage_compute(config),
+                                    augment_preset=PRESETS[config.domain(args.domain).preset].augment)
         result["weights"] = make_backbone.provenance
     write_result(config, args.domain, f"det_{args.init}", result, started)

@@ -13,7 +13,8 @@ from pipeline.data.boxes import chip_boxes, read_box_cache, write_box_cache
 from pipeline.data.chips import ChipSet
 from pipeline.metrics import detection_map
 from pipeline.models.backbone import create_backbone, export_backbone
-from pipeline.tasks.detection import ARCHITECTURES, build_detector
+from pipeline.tasks.detection import ARCHITECTURES, build_detector, finetune_detector
+from pipeline.augment_boxes import BOX_AUGMENT_PRESETS, augment_with_boxes, build_box_transform
 from pipeline.tasks.evaluate_detection import box_prior, evaluate_detection, evaluate_detection_floor
 
 NAME = "tf_efficientnet_lite0"
@@ -124,8 +125,10 @@ def test_tiny_finetune_is_deterministic_and_scored(architecture):
     def make_backbone():
         return create_backbone(NAME, "random", 4, seed=0)[0]
 
-    first = evaluate_detection(make_backbone, NAME, chips, cfg, {"init": "random"})
-    again = evaluate_detection(make_backbone, NAME, chips, cfg, {"init": "random"})
+    first = evaluate_detection(make_backbone, NAME, chips, cfg, {"init": "random"},
+                               augment_preset="remote_multispectral")
+    again = evaluate_detection(make_backbone, NAME, chips, cfg, {"init": "random"},
+                               augment_preset="remote_multispectral")
     assert first["per_seed"] == again["per_seed"]
     assert first["n_test"] == 7 and first["n_test_boxes"] == 6 and first["classes"] == ["square"]
     assert [run["n_labels"] for run in first["per_seed"]["finetune"]] == [12, 12]
@@ -232,3 +235,50 @@ def test_floor_scores_the_box_prior_on_the_same_label_subsets():
     fixed = _chips_with_boxes()
     fixed.boxes = [None if b is None else np.array([[4, 4, 14, 14, 0]], np.float32) for b in fixed.boxes]
     assert evaluate_detection_floor(fixed, cfg)["summary"]["finetune"]["map50"] == pytest.approx(1.0)
+
+
+def _bright_box(image: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(image[0] > 0.5)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+@pytest.mark.parametrize("preset", sorted(BOX_AUGMENT_PRESETS))
+def test_box_recipes_move_boxes_with_the_image(preset):
+    transform = build_box_transform(preset)
+    image = np.zeros((3, 64, 64), np.float32)
+    image[:, 12:22, 24:44] = 1.0  # a bright object with its true box
+    boxes = np.array([[24, 12, 44, 22, 0], [2, 2, 3, 3, 0]], np.float32)  # a second box, too small to matter
+    kept = 0
+    for seed in range(20):
+        moved_image, moved = augment_with_boxes(transform, image, boxes, [seed])
+        assert moved_image.shape == image.shape and moved.shape[1] == 5
+        big = moved[(moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1]) > 20]
+        if len(big):
+            kept += 1
+            np.testing.assert_allclose(big[0, :4], _bright_box(moved_image), atol=1.5)
+    assert kept >= 15  # boxes under half visible are dropped, not all of them
+
+
+def test_medical_box_recipe_never_mirrors_anatomy():
+    transform = build_box_transform("medical_ct")
+    image = np.zeros((3, 64, 64), np.float32)
+    image[:, 28:36, 4:14] = 1.0  # on the image's left: the patient's right
+    for seed in range(40):
+        _, moved = augment_with_boxes(transform, image, np.array([[4, 28, 14, 36, 0]], np.float32), [seed])
+        assert len(moved) == 0 or (moved[0, 0] + moved[0, 2]) / 2 < 24
+    with pytest.raises(ValueError, match="known"):
+        build_box_transform("sar_vv_vh")
+
+
+def test_augment_false_trains_on_the_chips_as_they_are():
+    chips = _chips_with_boxes()
+    on = DetectionConfig(architecture="fcos", steps=2, batch_size=4, anchor_sizes=[[8], [16], [32], [64]])
+    off = on.model_copy(update={"augment": False})
+
+    def trained(cfg: DetectionConfig, preset: str) -> list[torch.Tensor]:
+        model = build_detector(create_backbone(NAME, "random", 4, seed=0)[0], NAME, 4, 1, 32, cfg)
+        return [p.detach() for p in finetune_detector(model, chips, np.arange(12), cfg, 0, augment_preset=preset).parameters()]
+
+    plain = trained(on, "none")
+    assert all(torch.equal(a, b) for a, b in zip(trained(off, "remote_multispectral"), plain))
+    assert not all(torch.equal(a, b) for a, b in zip(trained(on, "remote_multispectral"), plain))

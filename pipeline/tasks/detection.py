@@ -25,6 +25,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 
+from pipeline.augment_boxes import augment_with_boxes, build_box_transform
 from pipeline.config import DetectionConfig
 from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser
@@ -109,26 +110,17 @@ def build_detector(backbone: nn.Module, backbone_name: str, in_chans: int, num_c
                                            identity_transform_options(in_chans, chip_size))
 
 
-def _targets(chips: ChipSet, batch: np.ndarray, flips: np.ndarray, device) -> list[dict[str, torch.Tensor]]:
-    """torchvision targets (boxes (K, 4) float, labels (K,) int64 ≥ 1), mirrored where the image is."""
-    size = chips.images.shape[-1]
-    targets = []
-    for index, flip in zip(batch, flips):
-        boxes = chips.boxes[index].copy()
-        if flip:
-            boxes[:, [0, 2]] = size - boxes[:, [2, 0]]
-        targets.append({"boxes": torch.from_numpy(boxes[:, :4]).to(device),
-                        "labels": torch.from_numpy(boxes[:, 4].astype(np.int64) + 1).to(device)})
-    return targets
+def _targets(boxes: list[np.ndarray], device) -> list[dict[str, torch.Tensor]]:
+    """torchvision targets (boxes (K, 4) float, labels (K,) int64 ≥ 1) from (K, 5) x0, y0, x1, y1, class boxes."""
+    return [{"boxes": torch.from_numpy(np.ascontiguousarray(b[:, :4], dtype=np.float32)).reshape(-1, 4).to(device),
+             "labels": torch.from_numpy(b[:, 4].astype(np.int64) + 1).to(device)} for b in boxes]
 
 
 def finetune_detector(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg: DetectionConfig, seed: int,
-                      compute: Compute = Compute()) -> nn.Module:
-    """Fine-tune body + FPN + heads on ``train`` chips (new layers at ``lr × head_lr_multiplier``).
-
-    The only augmentation is a horizontal mirror (p = 0.5): it moves boxes exactly and is plausible for CT
-    slices and overhead images alike, whereas the SimCLR recipes (crops, blur) would need box-aware variants.
-    """
+                      compute: Compute = Compute(), augment_preset: str = "none") -> nn.Module:
+    """Fine-tune body + FPN + heads on ``train`` chips (new layers at ``lr × head_lr_multiplier``), each chip
+    augmented with its boxes by the domain's box-aware recipe (:mod:`pipeline.augment_boxes`) unless
+    ``cfg.augment`` is off: on the demo's 20-step budget the recipes cost remote mAP (see README)."""
     torch.manual_seed(seed)
     model = model.to(compute.device).train()
     body = list(model.backbone.body.parameters())
@@ -137,15 +129,15 @@ def finetune_detector(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg: 
     optimizer, scheduler = transfer_optimizer(body, new, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay, cfg.steps,
                                               compute.device)
     standardise = ChannelStandardiser(chips.mean, chips.std)
+    transform = build_box_transform(augment_preset if cfg.augment else "none")
     rng = np.random.default_rng([seed, 13])
     for step in range(cfg.steps):
         scheduler.step_update(step)
         batch = train[draw_batch(rng, len(train), cfg.batch_size)]
-        flips = rng.random(len(batch)) < 0.5
-        images = standardise(torch.from_numpy(np.asarray(chips.images[batch], dtype=np.float32)))
-        images = torch.where(torch.from_numpy(flips)[:, None, None, None], images.flip(-1), images)
+        pairs = [augment_with_boxes(transform, chips.images[i], chips.boxes[i], [seed, step, int(i)]) for i in batch]
+        images = standardise(torch.from_numpy(np.stack([image for image, _ in pairs])))
         with compute.autocast():
-            losses = model(list(images.to(compute.device)), _targets(chips, batch, flips, compute.device))
+            losses = model(list(images.to(compute.device)), _targets([boxes for _, boxes in pairs], compute.device))
         loss = sum(value.float() for value in losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -45,13 +45,15 @@ def _example_chips(chips: ChipSet, test: np.ndarray) -> np.ndarray:
 
 
 def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: str, chips: ChipSet,
-                       cfg: EvaluateConfig, extra: dict, compute: Compute = Compute()) -> dict:
-    """Per seed: fine-tune on a label subset, then mAP@0.5 and mAP@0.5:0.95 on the test split."""
+                       cfg: EvaluateConfig, extra: dict, compute: Compute = Compute(),
+                       augment_preset: str = "none") -> dict:
+    """Per seed: fine-tune on a label subset (``augment_preset``: a key of
+    :data:`pipeline.augment_boxes.BOX_AUGMENT_PRESETS`), then mAP@0.5 and mAP@0.5:0.95 on the test split."""
 
     def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> list[np.ndarray]:
         model = build_detector(make_backbone(), backbone_name, chips.in_chans, len(chips.box_classes or []),
                                int(chips.images.shape[-1]), cfg.detection)
-        model = finetune_detector(model, chips, subset, cfg.detection, seed, compute)
+        model = finetune_detector(model, chips, subset, cfg.detection, seed, compute, augment_preset)
         return predict_boxes(model, chips, test, compute)
 
     return _evaluate(chips, cfg, fit_predict, {"architecture": cfg.detection.architecture, **extra}, examples=True)
