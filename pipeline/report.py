@@ -49,8 +49,9 @@ def read_segmentation_results(evaluate_dir: Path, domains: list[str], task: str 
 
 
 def trained_result(results: dict[str, dict]) -> dict:
-    """A network's result (not the floor's) of a transfer task, for the settings its section describes."""
-    return next(result for init, result in results.items() if init != "floor")
+    """A network's result (not the floor's) of a transfer task, for the settings its section describes; the
+    floor's when only the floor ran (e.g. ``grid.baseline_inits: []`` and the SimCLR stage not yet run)."""
+    return next((result for init, result in results.items() if init != "floor"), next(iter(results.values())))
 
 
 def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path,

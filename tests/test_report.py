@@ -18,7 +18,7 @@ from pipeline.config import EvaluateConfig, FinetuneConfig
 from pipeline.data.chips import load_chipset, write_manifest
 from pipeline.models.backbone import create_backbone
 from pipeline.presets import PRESETS
-from pipeline.report import compare
+from pipeline.report import compare, trained_result
 from pipeline.report_build import ReportInputs, build_report
 from pipeline.tasks.evaluate import evaluate_backbone, evaluate_floor
 
@@ -143,3 +143,9 @@ def test_html_renders_in_headless_chromium(report_dir, tmp_path):
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1200,2000", (report_dir / "report.html").as_uri()], check=True, timeout=120)
     assert np.asarray(Image.open(shot).convert("L")).std() > 5
+
+
+def test_transfer_sections_describe_a_network_not_the_floor():
+    floor, simclr = {"architecture": "per-pixel class prior"}, {"architecture": "unet"}
+    assert trained_result({"floor": floor, "simclr": simclr}) is simclr  # the floor comes first in INIT_ORDER
+    assert trained_result({"floor": floor}) is floor
