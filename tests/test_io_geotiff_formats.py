@@ -15,7 +15,7 @@ from rasterio.rpc import RPC
 from rasterio.windows import Window
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import iter_chips, read_scene_info
+from pipeline.io.geotiff import chip_transform, iter_chips, read_plan, read_scene_info
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Use `@` matmul:PendingDeprecationWarning", "ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -266,3 +266,40 @@ def test_memory_stays_bounded_by_one_chip(tmp_path):
     tracemalloc.stop()
     assert count == 256
     assert peak < 2 * 1024**2, f"peak {peak / 2**20:.1f} MiB"  # one 128² chip in float64 is 0.125 MiB
+
+
+@pytest.mark.parametrize("transform", [GRID, Affine(0.5, 0.0, -180.0, 0.0, 0.25, -90.0),
+                                       Affine(30.0, 0.0, 123_456.789, 0.0, -30.0, 9_876_543.21)])
+def test_chip_transform_is_rasterio_window_transform_exactly(transform):
+    rng = np.random.default_rng(3)
+    for row, col in rng.integers(0, 100_000, size=(50, 2)):
+        expected = tuple(rasterio.windows.transform(Window(int(col), int(row), 256, 256), transform))[:6]
+        assert chip_transform(transform, int(row), int(col)) == expected
+
+
+@pytest.mark.parametrize(("dtype", "nodata", "as_stored", "nodata_values"), [
+    ("uint8", 0, True, (0, 0)), ("uint16", 0, True, (0, 0)), ("int16", -32768, True, (-32768, -32768)),
+    ("int32", -2**31, False, (-2**31, -2**31)), ("uint16", None, True, None), ("float32", -9999.0, False, None),
+])
+def test_read_plan_chooses_the_shortcuts_only_where_they_are_exact(tmp_path, dtype, nodata, as_stored,
+                                                                   nodata_values):
+    """Stored-value nodata only when GDAL's mask is exactly that comparison (integers); reads as stored only
+    for ≤ 16-bit integers. Either way the chips equal rasterio's reads (the dtype tests above)."""
+    path = write(tmp_path / "p.tif", np.ones((2, 8, 8), dtype=dtype), nodata=nodata)
+    with rasterio.open(path) as src:
+        plan = read_plan(src, path)
+    assert plan.small_integers == as_stored and plan.nodata_values == nodata_values
+
+
+def test_masks_and_alpha_keep_gdal_masks(tmp_path):
+    data = np.full((2, 8, 8), 7, dtype=np.uint16)
+    alpha_path = write(tmp_path / "alpha.tif", data, colorinterp=[ColorInterp.gray, ColorInterp.alpha])
+    with rasterio.open(tmp_path / "masked.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="uint16",
+                       crs=CRS, transform=GRID) as dst:
+        dst.write(data[:1])
+        dst.write_mask(np.eye(8, dtype=np.uint8) * 255)
+    for path in (alpha_path, tmp_path / "masked.tif"):
+        with rasterio.open(path) as src:
+            assert read_plan(src, path).nodata_values is None
+    chip = next(iter_chips(tmp_path / "masked.tif", 8))
+    np.testing.assert_array_equal(chip.valid, np.eye(8, dtype=bool))

@@ -107,10 +107,16 @@ def resize_chip(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.
     """(C, H, W) → (C, size, size) by area averaging; the valid mask by nearest neighbour."""
     if channels.shape[1:] == (size, size):
         return channels, valid
-    hwc = cv2.resize(np.moveaxis(channels, 0, -1), (size, size), interpolation=cv2.INTER_AREA)
-    hwc = hwc.reshape(size, size, -1)
-    mask = cv2.resize(valid.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
-    return np.ascontiguousarray(np.moveaxis(hwc, -1, 0), dtype=np.float32), mask
+    if channels.shape[0] == 1:  # one plane (CT, X-ray): no channel-last copy
+        chw = cv2.resize(channels[0], (size, size), interpolation=cv2.INTER_AREA)[None]
+    else:
+        hwc = cv2.resize(np.moveaxis(channels, 0, -1), (size, size), interpolation=cv2.INTER_AREA)
+        chw = np.moveaxis(hwc.reshape(size, size, -1), -1, 0)
+    if valid.all():  # no padding: the common case, cheaper than resizing a mask of ones
+        mask = np.ones((size, size), bool)
+    else:
+        mask = cv2.resize(valid.view(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return np.ascontiguousarray(chw, dtype=np.float32), mask
 
 
 def read_file_safely(reader: Callable[[FileTask], FileChips], task: FileTask) -> FileChips:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, iter_pixels
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.dicom_files import one_line
+from pipeline.io.dicom_files import frame_count, one_line
 
 GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 # pydicom's decoders return these as RGB: YBR_FULL / YBR_FULL_422 through pydicom.pixels.convert_color_space
@@ -24,6 +25,8 @@ GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 RGB_DECODED = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 PALETTE = "PALETTE COLOR"
 BT601_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights of R, G, B: the Y of YBR_FULL
+NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+EXACT_IN_FLOAT32 = 2 ** 23  # |intercept| bound under which int16 + intercept is exact in float32
 
 
 def photometric_of(ds: Dataset) -> str:
@@ -47,11 +50,51 @@ def decode_frames(ds: Dataset, path: Path) -> Iterator[np.ndarray]:
     Yields (H, W) stored values for greyscale and palette images, (H, W, 3) RGB for colour ones.
     """
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    native = native_frames(ds, syntax)
+    if native is not None:
+        yield from native
+        return
     name = getattr(syntax, "name", syntax) or "no transfer syntax"
     try:
         yield from iter_pixels(ds)
     except Exception as error:  # missing plugin, truncated or corrupt codestream: one error type for callers
         raise UnreadableImageError(f"{path}: cannot decode pixel data ({name}): {one_line(error)}") from error
+
+
+def native_frames(ds: Dataset, syntax: object) -> Iterator[np.ndarray] | None:
+    """(H, W) stored values frame by frame, straight from uncompressed little-endian greyscale Pixel Data;
+    None for anything else.
+
+    The common CT / MR / X-ray file, decoded the way pydicom's native decoder does it (unused high bits
+    cleared, or sign-extended for signed data, by shifting left then right), without its per-call option
+    handling, which costs as much as parsing the file: about 0.25 ms of a 0.55 ms read of a 512² slice.
+    Frames are views of the file's bytes, copied one at a time only when bits must be shifted. Anything
+    else (compressed, big endian, colour, palette, 1- or 32-bit, short Pixel Data) returns None and goes
+    through pydicom, which also produces the error messages for broken files.
+    """
+    if syntax not in NATIVE_LITTLE_ENDIAN or "PixelData" not in ds or photometric_of(ds) not in GREYSCALE:
+        return None
+    try:
+        samples, allocated = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        stored_bits, signed = int(ds.BitsStored), int(ds.PixelRepresentation)
+        shape = (frame_count(ds, Path()), int(ds.Rows), int(ds.Columns))
+        data = ds.PixelData
+    except Exception:  # missing or malformed attributes: pydicom's decoder reports them, with the file
+        return None
+    if (samples != 1 or allocated not in (8, 16) or not 1 <= stored_bits <= allocated or signed not in (0, 1)
+            or min(shape) < 1 or not isinstance(data, bytes) or len(data) < np.prod(shape) * allocated // 8):
+        return None
+    dtype = np.dtype(f"<{'iu'[signed == 0]}{allocated // 8}")
+    frames = np.frombuffer(data, dtype, count=int(np.prod(shape))).reshape(shape)
+    unused = allocated - stored_bits
+    return (_without_unused_bits(frame, unused) for frame in frames) if unused else iter(frames)
+
+
+def _without_unused_bits(frame: np.ndarray, unused: int) -> np.ndarray:
+    """Shift the ``unused`` high bits out and back: zeros for unsigned data, the sign for signed data."""
+    frame = frame.copy()
+    np.left_shift(frame, unused, out=frame)
+    return np.right_shift(frame, unused, out=frame)
 
 
 def frame_values(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +131,35 @@ def _palette_luminance(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarra
 
 
 def _modality_values(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> np.ndarray:
+    source = frame_modality_source(ds, index)
+    shift = integer_shift(source, stored.dtype)
+    if shift is not None:  # exactly pydicom's result, computed in float32 (CT: 0.05 instead of 0.23 ms)
+        values = stored.astype(np.float32)
+        return np.add(values, np.float32(shift), out=values) if shift else values
     try:
-        values = apply_modality_lut(stored, frame_modality_source(ds, index))
+        values = apply_modality_lut(stored, source)
     except Exception as error:  # malformed Modality LUT Sequence / rescale values
         raise UnreadableImageError(f"{path}: cannot apply the modality LUT to frame {index}: "
                                    f"{one_line(error)}") from error
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def integer_shift(source: Dataset, dtype: np.dtype) -> int | None:
+    """The intercept when the modality LUT is ``values = stored + intercept`` with an integer intercept
+    (CT: slope 1, intercept −1024; 0 without rescale) on ≤ 16-bit integers, so float32 arithmetic is exact;
+    None when pydicom's float64 ``apply_modality_lut`` must compute it (LUT sequence, other slopes)."""
+    if source.get("ModalityLUTSequence") or dtype.kind not in "iu" or dtype.itemsize > 2:
+        return None
+    present = ("RescaleSlope" in source, "RescaleIntercept" in source)
+    if not all(present):
+        return 0  # pydicom rescales only when both are present
+    try:
+        slope, intercept = float(source.RescaleSlope), float(source.RescaleIntercept)
+    except (TypeError, ValueError):
+        return None
+    if slope != 1 or not intercept.is_integer() or abs(intercept) > EXACT_IN_FLOAT32:
+        return None
+    return int(intercept)
 
 
 def functional_group(ds: Dataset, index: int, sequence: str) -> Dataset | None:

@@ -7,15 +7,17 @@ instead of the full resolution (``overview_level``).
 
 Policies (what an Earth-observation archive holds, and what a chip then means):
 
-- **dtypes**: any band count; integer (8–64 bit) and float (32/64 bit) bands are read as float64, scaled,
-  and stored as float32. Complex bands (SAR) are rejected: a complex number has no single physical value.
+- **dtypes**: any band count; integer (8–64 bit) and float (32/64 bit) bands are scaled in float64 and stored
+  as float32, so ``scale·x + offset`` rounds once. Complex bands (SAR) are rejected: a complex number has no
+  single physical value.
 - **scale / offset**: per-band ``scale`` / ``offset`` tags are always applied (physical = stored · scale +
   offset), so a reflectance ×10⁴ product and a float reflectance product give the same chip values.
 - **validity** follows GDAL's mask semantics via rasterio's ``read_masks`` (nodata value, internal or sidecar
   ``.msk`` mask), plus non-finite values, plus an alpha band (alpha > 0 is valid, read explicitly because
-  GDAL ignores alpha once a nodata value is set). A pixel is valid only when it is valid in *every* band
-  read. Invalid pixels are set to 0.0 in the chip data, so stray NaNs never reach a loss; callers use
-  ``valid`` (and ``valid_fraction`` to drop mostly-empty chips).
+  GDAL ignores alpha once a nodata value is set). An integer nodata value is compared with the stored values
+  directly, which is what GDAL's nodata mask does, without a second read per chip. A pixel is valid only
+  when it is valid in *every* band read. Invalid pixels are set to 0.0 in the chip data, so stray NaNs never
+  reach a loss; callers use ``valid`` (and ``valid_fraction`` to drop mostly-empty chips).
 - **alpha bands** are validity, not data: they are never chip channels; asking for one is an error.
 - **geometry**: north-up rasters (any pixel size, including south-up) are chipped. Rotated geotransforms and
   rasters georeferenced only by GCPs or RPCs are *rejected* with a reason, not warped: warping resamples the
@@ -34,7 +36,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +46,6 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NodataShadowWarning, RasterioError
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 
 from pipeline.io import UnreadableImageError
 
@@ -115,7 +117,7 @@ class GeoChip:
     @property
     def valid_fraction(self) -> float:
         """Share of valid pixels in [0, 1]; the caller drops chips under its threshold."""
-        return float(self.valid.mean()) if self.valid.size else 0.0
+        return np.count_nonzero(self.valid) / self.valid.size if self.valid.size else 0.0
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,25 @@ class ReadPlan:
         alpha: 1-based alpha band read alongside them (validity only), or None.
         scales: (C,) float64 per-channel scale.
         offsets: (C,) float64 per-channel offset.
+        small_integers: every band read (alpha too) has one 8- or 16-bit integer dtype whose scaled extremes
+            are finite in float32: GDAL reads them as stored (a quarter of the bytes of a float64 read), and
+            no finiteness test is needed per chip.
+        nodata_values: (C,) integer nodata of each band when every band's GDAL mask is its nodata value:
+            compared with the stored values instead of reading GDAL's mask; None reads the mask.
     """
 
     indexes: tuple[int, ...]
     alpha: int | None
     scales: np.ndarray
     offsets: np.ndarray
+    small_integers: bool = False
+    nodata_values: tuple[int, ...] | None = None
+
+    def for_warped(self, vrt) -> ReadPlan:
+        """The plan for a single-band WarpedVRT with an added alpha band (band 2): its mask is the alpha;
+        scale / offset stay the source's (GDAL does not copy them to the VRT)."""
+        return replace(self, indexes=(1,), alpha=2, nodata_values=None,
+                       small_integers=_small_integers(vrt, (1, 2), self.scales, self.offsets))
 
 
 def one_line(error: BaseException) -> str:
@@ -236,9 +251,35 @@ def read_plan(src, path: Path, bands: Sequence[int] | None = None) -> ReadPlan:
     check_supported(src, path)
     alpha = alpha_band_of(src)
     indexes = _band_indexes(bands, src.count, alpha, path)
-    return ReadPlan(indexes=indexes, alpha=alpha,
-                    scales=np.array([src.scales[i - 1] for i in indexes], dtype=np.float64),
-                    offsets=np.array([src.offsets[i - 1] for i in indexes], dtype=np.float64))
+    scales = np.array([src.scales[i - 1] for i in indexes], dtype=np.float64)
+    offsets = np.array([src.offsets[i - 1] for i in indexes], dtype=np.float64)
+    read = indexes + ((alpha,) if alpha else ())
+    return ReadPlan(indexes=indexes, alpha=alpha, scales=scales, offsets=offsets,
+                    small_integers=_small_integers(src, read, scales, offsets),
+                    nodata_values=_nodata_values(src, indexes))
+
+
+def _small_integers(src, read: tuple[int, ...], scales: np.ndarray, offsets: np.ndarray) -> bool:
+    """One ≤ 16-bit integer dtype for all bands read (one ``read`` array), and finite scaled extremes."""
+    dtypes = {np.dtype(src.dtypes[i - 1]) for i in read}
+    if len(dtypes) != 1 or (dtype := dtypes.pop()).kind not in "iu" or dtype.itemsize > 2:
+        return False
+    largest = float(max(abs(np.iinfo(dtype).min), np.iinfo(dtype).max))
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite((largest * np.abs(scales) + np.abs(offsets)).astype(np.float32)).all())
+
+
+def _nodata_values(src, indexes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Integer nodata per band when GDAL's mask of every band is exactly "stored value == nodata"."""
+    values = []
+    for i in indexes:
+        dtype, nodata = np.dtype(src.dtypes[i - 1]), src.nodatavals[i - 1]
+        integer = dtype.kind in "iu" and dtype.itemsize <= 4  # exact in the float64 read of int32 too
+        if (set(src.mask_flag_enums[i - 1]) != {MaskFlags.nodata} or not integer or nodata is None
+                or not float(nodata).is_integer() or not np.iinfo(dtype).min <= nodata <= np.iinfo(dtype).max):
+            return None  # float nodata (GDAL compares with a tolerance), masks, alpha: GDAL's own mask
+        values.append(int(nodata))
+    return tuple(values)
 
 
 def mask_bands_for(src, plan: ReadPlan) -> list[int]:
@@ -246,6 +287,8 @@ def mask_bands_for(src, plan: ReadPlan) -> list[int]:
     when the mask is per-dataset, else every band (per-band nodata)."""
     flags = [set(src.mask_flag_enums[i - 1]) for i in plan.indexes]
     alpha_read = plan.alpha is not None
+    if plan.nodata_values is not None:  # compared on the stored values by read_window
+        return []
     if all(f == {MaskFlags.all_valid} or (alpha_read and MaskFlags.alpha in f) for f in flags):
         return []
     if all(MaskFlags.per_dataset in f for f in flags):
@@ -257,8 +300,9 @@ def read_window(src, plan: ReadPlan, window: Window,
                 mask_bands: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One window → ((C, H, W) float32 physical values, 0.0 where invalid; (H, W) bool valid).
 
-    Data and alpha come from one ``read`` call; float64 so ``scale·x + offset`` rounds once, and values
-    beyond float32's range become inf and so invalid.
+    Data and alpha come from one ``read`` call (as stored for ``plan.small_integers``), scaled in float64 so
+    ``scale·x + offset`` rounds once; values beyond float32's range become inf and so invalid. Nodata is
+    compared on the stored values when ``plan.nodata_values`` allows it.
 
     Args:
         src: an open dataset (file, overview or WarpedVRT).
@@ -269,22 +313,49 @@ def read_window(src, plan: ReadPlan, window: Window,
     mask_bands = mask_bands_for(src, plan) if mask_bands is None else mask_bands
     channels = len(plan.indexes)
     stored = src.read(list(plan.indexes) + ([plan.alpha] if plan.alpha else []), window=window,
-                      out_dtype="float64")
-    physical = stored[:channels]
-    physical *= plan.scales[:, None, None]  # in place: fresh temporaries per chip cost more than the read
-    physical += plan.offsets[:, None, None]
-    with np.errstate(over="ignore", invalid="ignore"):  # overflow → inf → invalid, by design
-        data = physical.astype(np.float32)
-    valid = np.isfinite(data).all(axis=0)
+                      out_dtype=None if plan.small_integers else "float64")
+    masks = []  # (H, W) bool, one per reason a pixel can be invalid; stored values first: scaling is in place
     if plan.alpha:
-        valid &= stored[channels] > 0
+        masks.append(stored[channels] > 0)
+    if plan.nodata_values is not None:
+        masks += [band != nodata for band, nodata in zip(stored, plan.nodata_values)]
+    data = _scaled(stored[:channels], plan)
+    if not plan.small_integers:  # finite by construction otherwise (read_plan checked the extremes)
+        masks.append(np.isfinite(data).all(axis=0))
     if mask_bands:
         with warnings.catch_warnings():  # nodata shadowing alpha: handled above by reading alpha ourselves
             warnings.simplefilter("ignore", NodataShadowWarning)
-            valid &= (src.read_masks(list(mask_bands), window=window) != 0).all(axis=0)
+            masks.append((src.read_masks(list(mask_bands), window=window) != 0).all(axis=0))
+    valid = reduce(np.logical_and, masks) if masks else np.ones(data.shape[1:], dtype=bool)
     if not valid.all():
         data[:, ~valid] = 0.0
     return data, valid
+
+
+def _scaled(stored: np.ndarray, plan: ReadPlan) -> np.ndarray:
+    """(C, H, W) stored → float32 physical values via float64, in place where it can be: fresh temporaries
+    per chip cost more than the read."""
+    scale, shift = (plan.scales != 1).any(), plan.offsets.any()
+    if plan.small_integers:  # scaled extremes are finite (read_plan checked): no overflow to silence
+        if not (scale or shift):
+            return stored.astype(np.float32)  # exact: ≤ 16-bit integers fit float32's mantissa
+        stored = stored.astype(np.float64)
+    if scale:
+        stored *= plan.scales[:, None, None]
+    if shift:
+        stored += plan.offsets[:, None, None]
+    if plan.small_integers:
+        return stored.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow → inf → invalid, by design
+        return stored.astype(np.float32)
+
+
+def chip_transform(transform, row: int, col: int) -> tuple[float, ...]:
+    """The affine ``(a, b, c, d, e, f)`` of a window whose top-left pixel is (row, col): the same float
+    operations as ``rasterio.windows.transform``, without building Window and Affine objects per chip."""
+    a, b, c, d, e, f = tuple(transform)[:6]
+    x, y = col * a + row * b + c, col * d + row * e + f
+    return float(a), float(b), float(c + (x - c)), float(d), float(e), float(f + (y - f))
 
 
 def chip_windows(height: int, width: int, chip_size: int) -> Iterator[Window]:
@@ -304,8 +375,9 @@ def _chips(src, plan: ReadPlan, chip_size: int, path: Path) -> Iterator[GeoChip]
         except RasterioError as error:
             raise UnreadableImageError(f"{path}: read failed at row {window.row_off}, col {window.col_off} "
                                        f"({one_line(error)})") from error
-        yield GeoChip(data=data, valid=valid, row=int(window.row_off), col=int(window.col_off),
-                      transform=affine_tuple(window_transform(window, src.transform)), crs=crs)
+        row, col = int(window.row_off), int(window.col_off)
+        yield GeoChip(data=data, valid=valid, row=row, col=col,
+                      transform=chip_transform(src.transform, row, col), crs=crs)
 
 
 def _open_overview(src, path: Path, level: int) -> rasterio.DatasetReader:

@@ -34,11 +34,10 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
-from rasterio.windows import transform as window_transform
 
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import (
-    GeoChip, ReadPlan, affine_tuple, chip_windows, crs_string, mask_bands_for, one_line, open_raster,
+    GeoChip, affine_tuple, chip_transform, chip_windows, crs_string, mask_bands_for, one_line, open_raster,
     read_plan, read_window,
 )
 
@@ -182,7 +181,7 @@ def _band_readers(files: ExitStack, stack: BandStack, resampling: Resampling) ->
         vrt = _on_grid(src, stack, resampling)
         if vrt is not None:
             files.enter_context(vrt)
-            plan = ReadPlan(indexes=(1,), alpha=2, scales=plan.scales, offsets=plan.offsets)
+            plan = plan.for_warped(vrt)
         dataset = vrt if vrt is not None else src
         readers.append((dataset, plan, [] if vrt is not None else mask_bands_for(src, plan), path))
     return readers
@@ -226,6 +225,6 @@ def iter_stack_chips(stack: BandStack, chip_size: int,
         readers = _band_readers(files, stack, resampling)
         for window in chip_windows(stack.height, stack.width, chip_size):
             data, valid = _read_stack_window(readers, window)
-            transform = affine_tuple(window_transform(window, Affine(*stack.transform)))
-            yield GeoChip(data=data, valid=valid, row=int(window.row_off), col=int(window.col_off),
-                          transform=transform, crs=stack.crs)
+            row, col = int(window.row_off), int(window.col_off)
+            yield GeoChip(data=data, valid=valid, row=row, col=col,
+                          transform=chip_transform(stack.transform, row, col), crs=stack.crs)
