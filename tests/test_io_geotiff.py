@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import iter_chips, read_label_chip, read_scene_info
+from pipeline.io.geotiff import chip_windows, iter_chips, read_label_chip, read_scene_info, read_segments
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")  # affine, via rasterio
 
@@ -103,9 +103,21 @@ def test_reads_are_windowed_never_the_whole_scene(uint16_scene, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
-    n_chips = sum(1 for _ in iter_chips(path, CHIP))
-    assert len(windows) == n_chips
-    assert all(w is not None and (w.height, w.width) == (CHIP, CHIP) for w in windows)
+    chips = list(iter_chips(path, CHIP))
+    assert windows == list(read_segments(HEIGHT, WIDTH, CHIP, 4))  # one chip row high, whole chips wide
+    assert all(w is not None and w.height == CHIP and w.width % CHIP == 0 for w in windows)
+    assert sum(int(w.width) // CHIP for w in windows) == len(chips) == (HEIGHT // CHIP) * (WIDTH // CHIP)
+
+
+@pytest.mark.parametrize(("chip", "channels", "chips_per_read"), [(16, 4, 256), (64, 4, 16), (128, 1, 16),
+                                                                  (128, 4, 1), (256, 1, 1), (256, 13, 1)])
+def test_small_chips_are_read_several_at_a_time_in_chip_order(chip, channels, chips_per_read):
+    width, height = 70 * chip + 5, 3 * chip + 1
+    segments = list(read_segments(height, width, chip, channels))
+    assert all(s.width <= chips_per_read * chip for s in segments)
+    assert max(s.width for s in segments) == min(chips_per_read, 70) * chip  # 70 whole chips per row
+    cut = [Window(s.col_off + k, s.row_off, chip, chip) for s in segments for k in range(0, s.width, chip)]
+    assert cut == list(chip_windows(height, width, chip))
 
 
 def test_float_scene_with_nan_and_no_nodata(tmp_path):

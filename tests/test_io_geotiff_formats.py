@@ -15,7 +15,7 @@ from rasterio.rpc import RPC
 from rasterio.windows import Window
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import chip_transform, iter_chips, read_plan, read_scene_info
+from pipeline.io.geotiff import READ_VALUES, chip_transform, iter_chips, read_plan, read_scene_info, read_segments
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Use `@` matmul:PendingDeprecationWarning", "ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -245,18 +245,21 @@ def test_overview_reads_are_windowed(cog, monkeypatch):
 
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
     chips = list(iter_chips(cog, 32, overview_level=0))
-    assert len(windows) == len(chips) and all((w.height, w.width) == (32, 32) for w in windows)
+    with rasterio.open(cog, overview_level=0) as overview:
+        assert windows == list(read_segments(overview.height, overview.width, 32, 3))
+    assert sum(int(w.width) // 32 for w in windows) == len(chips) and all(w.height == 32 for w in windows)
 
 
-def test_memory_stays_bounded_by_one_chip(tmp_path):
-    """Python-side allocations while chipping a 2048² uint16 scene (8 MiB stored, 32 MiB as float32)."""
+def test_memory_stays_bounded_by_one_read(tmp_path):
+    """Python-side allocations while chipping a 4096² uint16 scene (32 MiB stored, 64 MiB as float32): one
+    read of READ_VALUES values (2 MiB as float64 while scaling) plus one chip, whatever the scene size."""
     path = tmp_path / "large.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=1, dtype="uint16", crs=CRS,
+    with rasterio.open(path, "w", driver="GTiff", width=4096, height=4096, count=1, dtype="uint16", crs=CRS,
                        transform=GRID, tiled=True, blockxsize=256, blockysize=256, compress="deflate",
                        nodata=0) as dst:
-        for row in range(0, 2048, 256):
-            block = np.full((1, 256, 2048), row + 1, dtype=np.uint16)
-            dst.write(block, window=Window(0, row, 2048, 256))
+        for row in range(0, 4096, 256):
+            block = np.full((1, 256, 4096), row + 1, dtype=np.uint16)
+            dst.write(block, window=Window(0, row, 4096, 256))
     tracemalloc.start()
     count = 0
     for chip in iter_chips(path, 128):
@@ -264,8 +267,8 @@ def test_memory_stays_bounded_by_one_chip(tmp_path):
         assert chip.data[0, 0, 0] == chip.row // 256 * 256 + 1
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert count == 256
-    assert peak < 2 * 1024**2, f"peak {peak / 2**20:.1f} MiB"  # one 128² chip in float64 is 0.125 MiB
+    assert count == 1024
+    assert peak < 3 * READ_VALUES * 8, f"peak {peak / 2**20:.1f} MiB"  # 6 MiB ≪ the 64 MiB scene
 
 
 @pytest.mark.parametrize("transform", [GRID, Affine(0.5, 0.0, -180.0, 0.0, 0.25, -90.0),

@@ -358,6 +358,12 @@ def chip_transform(transform, row: int, col: int) -> tuple[float, ...]:
     return float(a), float(b), float(c + (x - c)), float(d), float(e), float(f + (y - f))
 
 
+# Chips of fewer values (pixels × bands) than SMALL_CHIP are read several at a time, up to READ_VALUES per read
+# (2 MiB as float64: still in cache). Measured on 4-band 2048² scenes: 64² chips 0.67× → 0.93× the raw per-chip
+# read; 128² chips gain nothing, single-band 256² chips lose 10 % to the extra copy.
+SMALL_CHIP, READ_VALUES = 2**15, 2**18
+
+
 def chip_windows(height: int, width: int, chip_size: int) -> Iterator[Window]:
     """Row-major non-overlapping ``chip_size`` windows; partial ones at the right and bottom are skipped."""
     for row in range(0, height - chip_size + 1, chip_size):
@@ -365,19 +371,42 @@ def chip_windows(height: int, width: int, chip_size: int) -> Iterator[Window]:
             yield Window(col, row, chip_size, chip_size)
 
 
+def read_segments(height: int, width: int, chip_size: int, channels: int) -> Iterator[Window]:
+    """Row-major reads of ``chip_size`` rows × a whole number of chips: one chip, or for small chips as many
+    as fit in ``READ_VALUES`` values.
+
+    Reading several small neighbouring chips in one call saves GDAL's and rasterio's fixed per-read cost,
+    about a third of the time for 64² chips; larger reads leave the CPU cache and get slower again. Chips cut
+    from the segments are the :func:`chip_windows` chips, in the same order.
+    """
+    chip_values = channels * chip_size * chip_size
+    per_read = (1 if chip_values >= SMALL_CHIP else READ_VALUES // chip_values) * chip_size
+    usable = width - width % chip_size
+    for row in range(0, height - chip_size + 1, chip_size):
+        for col in range(0, usable, per_read):
+            yield Window(col, row, min(per_read, usable - col), chip_size)
+
+
 def _chips(src, plan: ReadPlan, chip_size: int, path: Path) -> Iterator[GeoChip]:
     if src.height < chip_size or src.width < chip_size:
         log.info("%s (%dx%d px) is smaller than one %d px chip", path, src.width, src.height, chip_size)
     mask_bands, crs = mask_bands_for(src, plan), crs_string(src)
-    for window in chip_windows(src.height, src.width, chip_size):
+    for segment in read_segments(src.height, src.width, chip_size, len(plan.indexes)):
+        row, start = int(segment.row_off), int(segment.col_off)
         try:
-            data, valid = read_window(src, plan, window, mask_bands)
+            data, valid = read_window(src, plan, segment, mask_bands)
         except RasterioError as error:
-            raise UnreadableImageError(f"{path}: read failed at row {window.row_off}, col {window.col_off} "
+            raise UnreadableImageError(f"{path}: read failed at row {row}, col {start} "
                                        f"({one_line(error)})") from error
-        row, col = int(window.row_off), int(window.col_off)
-        yield GeoChip(data=data, valid=valid, row=row, col=col,
-                      transform=chip_transform(src.transform, row, col), crs=crs)
+        for offset in range(0, int(segment.width), chip_size):
+            col = start + offset
+            if segment.width > chip_size:  # copies: a chip never holds on to its segment
+                cut = slice(offset, offset + chip_size)
+                data_of, valid_of = np.ascontiguousarray(data[:, :, cut]), np.ascontiguousarray(valid[:, cut])
+            else:
+                data_of, valid_of = data, valid
+            yield GeoChip(data=data_of, valid=valid_of, row=row, col=col,
+                          transform=chip_transform(src.transform, row, col), crs=crs)
 
 
 def _open_overview(src, path: Path, level: int) -> rasterio.DatasetReader:
