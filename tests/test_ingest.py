@@ -1,6 +1,8 @@
 """Ingest of generated DICOM / GeoTIFF folders: pixel values against pydicom / rasterio, splits, no PHI."""
 
 import csv
+import subprocess
+import sys
 import json
 from pathlib import Path
 
@@ -167,3 +169,13 @@ def test_segmentation_masks_follow_their_chips(medical, remote):
     png = np.asarray(Image.open(source / "masks" / Path(row["source"]).with_suffix(".png")))
     expected = cv2.resize(png, (64, 64), interpolation=cv2.INTER_NEAREST)
     np.testing.assert_array_equal(chips.masks[int(row["chip_id"])], expected)
+
+
+def test_ingest_workers_do_not_import_the_training_stack():
+    """A spawned worker re-imports the stage module as ``__mp_main__``: that import must stay light (the
+    readers, not torch / timm, which cost ~4 s per worker here)."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import runpy, sys; runpy.run_path('stages/ingest.py', run_name='__mp_main__'); "
+            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
