@@ -115,7 +115,8 @@ def resize_chip(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.
     if valid.all():  # no padding: the common case, cheaper than resizing a mask of ones
         mask = np.ones((size, size), bool)
     else:
-        mask = cv2.resize(valid.view(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+        mask = cv2.resize(np.ascontiguousarray(valid).view(np.uint8), (size, size),
+                          interpolation=cv2.INTER_NEAREST).astype(bool)
     return np.ascontiguousarray(chw, dtype=np.float32), mask
 
 
