@@ -230,7 +230,7 @@ def read_geotiff_file(task: FileTask) -> FileChips:
         labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
         out = FileChips(task.relative, channel_names=list(scene.channel_names))
         for chip in scene.read_chips(task.cfg.chip_size):
-            if chip.valid.mean() < task.cfg.geotiff.min_valid_fraction:
+            if chip.valid_fraction < task.cfg.geotiff.min_valid_fraction:
                 out.dropped_low_valid += 1
                 continue
             label, mask = task.labels.get(task.relative, ""), None

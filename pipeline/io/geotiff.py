@@ -390,7 +390,7 @@ def read_segments(height: int, width: int, chip_size: int, channels: int) -> Ite
 def _chips(src, plan: ReadPlan, chip_size: int, path: Path) -> Iterator[GeoChip]:
     if src.height < chip_size or src.width < chip_size:
         log.info("%s (%dx%d px) is smaller than one %d px chip", path, src.width, src.height, chip_size)
-    mask_bands, crs = mask_bands_for(src, plan), crs_string(src)
+    mask_bands, crs, grid = mask_bands_for(src, plan), crs_string(src), affine_tuple(src.transform)
     for segment in read_segments(src.height, src.width, chip_size, len(plan.indexes)):
         row, start = int(segment.row_off), int(segment.col_off)
         try:
@@ -406,7 +406,7 @@ def _chips(src, plan: ReadPlan, chip_size: int, path: Path) -> Iterator[GeoChip]
             else:
                 data_of, valid_of = data, valid
             yield GeoChip(data=data_of, valid=valid_of, row=row, col=col,
-                          transform=chip_transform(src.transform, row, col), crs=crs)
+                          transform=chip_transform(grid, row, col), crs=crs)
 
 
 def _open_overview(src, path: Path, level: int) -> rasterio.DatasetReader:
