@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pipeline.data.sources import (
     read_mask_classes,
 )
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
+from pipeline.data.worker_results import restore_spilled, spill_large
 from pipeline.presets import DomainPreset
 
 log = logging.getLogger(__name__)
@@ -109,12 +111,24 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
 
 
 def _map_ordered(function, tasks: list[FileTask], workers: int):
-    """``map`` in-process (1 worker) or over a process pool; results come back in task order either way."""
+    """``map`` in-process (1 worker) or over a process pool; results come back in task order either way.
+
+    Pool workers hand large results back through temporary files (:mod:`pipeline.data.worker_results`).
+    """
     if workers <= 1 or len(tasks) < 2:
         yield from map(function, tasks)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        yield from pool.map(function, tasks, chunksize=max(1, len(tasks) // (8 * workers)))
+    with (tempfile.TemporaryDirectory(prefix="ingest-") as folder,
+          ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool):
+        chunk = max(1, len(tasks) // (8 * workers))
+        spilling = partial(_read_and_spill, function, Path(folder))
+        for result in pool.map(spilling, enumerate(tasks), chunksize=chunk):
+            yield restore_spilled(result)
+
+
+def _read_and_spill(function, folder: Path, numbered: tuple[int, FileTask]) -> FileChips:
+    number, task = numbered
+    return spill_large(function(task), folder, str(number))
 
 
 def _split_by_group(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
@@ -155,7 +169,7 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     keep = [i for i, split in enumerate(splits) if split != "buffer"]
     rows = [{**found.rows[i], "split": str(splits[i]), "chip_id": n} for n, i in enumerate(keep)]
     check_no_leakage([LEAKAGE_UNITS[preset.split](row, cfg) for row in rows], [row["split"] for row in rows])
-    images = np.stack([found.images[i] for i in keep]).astype(np.float32)
+    images = np.stack([found.images[i] for i in keep]).astype(np.float32, copy=False)
     valid = np.stack([found.valid[i] for i in keep])
     train = np.array([row["split"] == "train" for row in rows])
     mean, std = channel_statistics(images[train], valid[train])

@@ -48,7 +48,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import GeoChip, SceneInfo, iter_chips, open_raster, read_label_chip, read_scene_info
+from pipeline.io.geotiff import (
+    GeoChip, SceneInfo, iter_chips, open_raster, read_label_chip, read_scene_info, zero_invalid,
+)
 from pipeline.io.geotiff_labels import VectorLabels, rasterize_labels, read_vector_labels
 from pipeline.io.geotiff_stack import BAND_TOKEN, find_band_files, iter_stack_chips, plan_band_stack
 
@@ -183,16 +185,17 @@ def value_range(scene: Scene, configured: Sequence[float] | None, key: str) -> t
 def to_unit_range(data: np.ndarray, valid: np.ndarray, low: float, high: float) -> np.ndarray:
     """(C, H, W) physical values → (x − low) / (high − low) clipped to [0, 1], float32, 0.0 where invalid.
 
-    With [0, 1] this is exactly ``np.clip(data, 0, 1)`` (subtracting 0 and dividing by 1 are exact).
+    With [0, 1] this is exactly ``np.clip(data, 0, 1)`` (subtracting 0 and dividing by 1 are exact), one pass
+    instead of three per chip. The caller's chip stays as read.
     """
-    unit = data.astype(np.float32)  # a copy: the caller's chip stays as read
-    if low != 0:  # subtracting 0 and dividing by 1 change nothing: skipped, per chip they cost a third
+    if low == 0 and high == 1:
+        unit = np.clip(data, 0.0, 1.0).astype(np.float32, copy=False)
+    else:
+        unit = data.astype(np.float32)
         unit -= np.float32(low)
-    if high - low != 1:
         unit /= np.float32(high - low)
-    np.clip(unit, 0.0, 1.0, out=unit)
-    if not valid.all():
-        unit[:, ~valid] = 0.0
+        np.clip(unit, 0.0, 1.0, out=unit)
+    zero_invalid(unit, valid)
     return unit
 
 

@@ -38,7 +38,7 @@ from rasterio.vrt import WarpedVRT
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import (
     GeoChip, affine_tuple, chip_transform, chip_windows, crs_string, mask_bands_for, one_line, open_raster,
-    read_plan, read_window,
+    read_plan, read_window, zero_invalid,
 )
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _read_stack_window(readers: list, window) -> tuple[np.ndarray, np.ndarray]:
         data.append(band)
         valid &= band_valid
     stacked = np.concatenate(data, axis=0)
-    stacked[:, ~valid] = 0.0
+    zero_invalid(stacked, valid)
     return stacked, valid
 
 
