@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +31,7 @@ from pipeline.data.sources import (
     read_mask_classes,
 )
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
-from pipeline.data.worker_results import restore_spilled, spill_large
+from pipeline.data.file_pool import read_in_order
 from pipeline.presets import DomainPreset
 
 log = logging.getLogger(__name__)
@@ -102,33 +99,12 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
                       domain, found.frame_masks.get(path)) for path in found.images]
     out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes)
     out.add_label_objects(found, strict)
-    for result in _map_ordered(partial(read_file_safely, kind.read_file), tasks, workers):
+    for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
         if strict and (result.rejected or result.skipped):
             raise IngestError(result.rejected or result.skipped)
         out.add(result)
     out.classes = read_class_names(source, list(labels.values()) + [str(r["label"]) for r in out.rows])
     return out
-
-
-def _map_ordered(function, tasks: list[FileTask], workers: int):
-    """``map`` in-process (1 worker) or over a process pool; results come back in task order either way.
-
-    Pool workers hand large results back through temporary files (:mod:`pipeline.data.worker_results`).
-    """
-    if workers <= 1 or len(tasks) < 2:
-        yield from map(function, tasks)
-        return
-    with (tempfile.TemporaryDirectory(prefix="ingest-") as folder,
-          ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool):
-        chunk = max(1, len(tasks) // (8 * workers))
-        spilling = partial(_read_and_spill, function, Path(folder))
-        for result in pool.map(spilling, enumerate(tasks), chunksize=chunk):
-            yield restore_spilled(result)
-
-
-def _read_and_spill(function, folder: Path, numbered: tuple[int, FileTask]) -> FileChips:
-    number, task = numbered
-    return spill_large(function(task), folder, str(number))
 
 
 def _split_by_group(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:

@@ -1,15 +1,19 @@
-"""Large worker results travel through memory-mapped files: same chips, same cache, nothing shared by accident.
+"""Reading with the main process and helpers: results in file order; large results through memory-mapped files.
 
-References are numpy's own ``np.save`` / ``np.load`` and the one-worker ingest (which never spills).
+References are plain ``map`` (task order), numpy's own ``np.save`` / ``np.load`` and the one-worker ingest
+(which never spawns or spills).
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import numpy as np
 import pytest
 
 from pipeline.data.sources import FileChips
-from pipeline.data.worker_results import SPILL_BYTES, restore_spilled, spill_large, write_stacked
+from pipeline.data.file_pool import SPILL_BYTES, read_in_order, restore_spilled, spill_large, write_stacked
 from tests.test_ingest_geotiff import PRESET, config, reflectance, write_raster
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -21,6 +25,26 @@ def chips(count: int, size: int = 64, channels: int = 4, seed: int = 0) -> FileC
     valid = [rng.random((size, size)) > 0.1 for _ in range(count)]
     return FileChips("scene.tif", images=images, valid=valid, rows=[{"row": i} for i in range(count)],
                      channel_names=[f"b{c}" for c in range(channels)])
+
+
+def slow_reader(name: str) -> FileChips:
+    """Stands in for a file reader: 30 ms per file, and says which process read it."""
+    time.sleep(0.03)
+    return FileChips(name, rows=[{"process": os.getpid()}])
+
+
+def test_main_process_and_helper_both_read_and_results_keep_file_order():
+    names = [f"file_{i:03d}" for i in range(80)]  # 2.4 s of reading: the helper starts within it
+    results = list(read_in_order(slow_reader, names, workers=2))
+    assert [r.relative for r in results] == names
+    readers = [r.rows[0]["process"] for r in results]
+    assert readers[0] == os.getpid() and readers[-1] != os.getpid()  # main from the front, helper from the back
+    switch = readers.index(readers[-1])
+    assert set(readers[:switch]) == {os.getpid()} and set(readers[switch:]) == {readers[-1]}
+
+
+def test_one_worker_reads_in_the_main_process_only():
+    assert {r.rows[0]["process"] for r in read_in_order(slow_reader, ["a", "b", "c"], workers=1)} == {os.getpid()}
 
 
 def test_write_stacked_reads_back_as_numpy_saved_it(tmp_path):
