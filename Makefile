@@ -1,5 +1,6 @@
 # Two commands for a fresh machine: `make demo` (the pipeline on the embedded demo) and `make test`.
-# Each creates the virtualenv on first use (torch 2.14.1 / torchvision 0.29.1 + pyproject.toml).
+# Each creates the virtualenv on first use (torch 2.14.1 / torchvision 0.29.1 + pyproject.toml, at the exact
+# versions of constraints.txt).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -7,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: env demo test bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 env: $(STAMP)

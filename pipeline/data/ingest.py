@@ -25,13 +25,13 @@ import numpy as np
 from pipeline.config import DomainDataConfig
 from pipeline.data.boxes import write_box_cache
 from pipeline.data.chips import channel_statistics, write_manifest
+from pipeline.data.file_pool import read_in_order
 from pipeline.data.segmentations import FolderLabels
 from pipeline.data.sources import (
     MASK_NODATA, SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
     read_mask_classes,
 )
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
-from pipeline.data.file_pool import read_in_order
 from pipeline.presets import DomainPreset
 
 log = logging.getLogger(__name__)

@@ -64,7 +64,7 @@ class FileChips:
     rejected: str = ""  # corrupt, truncated, unsupported: a problem the user should look at
     skipped: str = ""  # readable but not an image to train on (e.g. a structured report)
     dropped_low_valid: int = 0  # chips under the configured valid fraction
-    spilled: str = ""  # images / valid moved to files by a worker (pipeline.data.worker_results)
+    spilled: str = ""  # images / valid moved to files by a helper process (pipeline.data.file_pool)
 
 
 def pseudonymise(key: str, salt: str) -> str:
