@@ -9,6 +9,11 @@ Pixel pipeline (DOMAIN.md §3), split between two steps so that one decoded imag
 2. :func:`window_stack` (CT: one HU window per channel) or :func:`percentile_window` (X-ray, MR)
    → values in [0, 1] → **MONOCHROME1 inversion**.
 
+Header: a plain file (Part 10, uncompressed little-endian greyscale, no functional groups) is read by
+:mod:`pipeline.io.dicom_header`, which walks the element stream for the ~20 attributes used here (~4× faster
+than ``dcmread``, the same values: tested on every pydicom test file); every other file, and any file that
+reader declines, is read by pydicom.
+
 Transfer syntaxes: whatever pydicom 3 decodes with pylibjpeg + pylibjpeg-libjpeg + pylibjpeg-openjpeg and its
 own native / RLE support: implicit and explicit VR little endian, explicit big endian, deflated, RLE, JPEG
 baseline / extended / lossless (process 14, SV1), JPEG-LS lossless and near-lossless, JPEG 2000 and HTJ2K
@@ -57,8 +62,9 @@ from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import (
     NotAnImageError, SegmentationObjectError, check_image_object, frame_count, is_dicom_file, read_dataset,
 )
+from pipeline.io.dicom_header import PlainHeader, read_plain_header
 from pipeline.io.dicom_pixels import (
-    GREYSCALE, check_photometric, decode_frames, frame_pixel_spacing, frame_values, padding_mask,
+    GREYSCALE, check_photometric, decode_frames, frame_pixel_spacing, frame_values, native_frames, padding_mask,
     photometric_of,
 )
 from pipeline.io.dicom_seg import SegmentationFrame, SegmentationReference, read_segmentation_reference
@@ -185,11 +191,20 @@ def iter_dicom_frames(path: Path) -> Iterator[DicomImage]:
     frame is raised while iterating.
     """
     path = Path(path)
-    ds = read_dataset(path)
+    ds = _read_image_dataset(path)
     check_image_object(ds, path)
     check_photometric(ds, path)
     frame_count(ds, path)
     return _images(ds, path)
+
+
+def _read_image_dataset(path: Path) -> Dataset | PlainHeader:
+    """The plain header of an uncompressed little-endian greyscale file (:mod:`pipeline.io.dicom_header`,
+    ~4× faster than ``dcmread``), else pydicom's dataset. Both give the same frames and keys (tested)."""
+    header = read_plain_header(path)
+    if header is not None and native_frames(header, header.file_meta.TransferSyntaxUID) is not None:
+        return header
+    return read_dataset(path)
 
 
 def _images(ds: Dataset, path: Path) -> Iterator[DicomImage]:

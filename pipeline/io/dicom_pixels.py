@@ -82,7 +82,8 @@ def native_frames(ds: Dataset, syntax: object) -> Iterator[np.ndarray] | None:
     except Exception:  # missing or malformed attributes: pydicom's decoder reports them, with the file
         return None
     if (samples != 1 or allocated not in (8, 16) or not 1 <= stored_bits <= allocated or signed not in (0, 1)
-            or min(shape) < 1 or not isinstance(data, bytes) or len(data) < np.prod(shape) * allocated // 8):
+            or min(shape) < 1 or not isinstance(data, bytes | memoryview)
+            or len(data) < np.prod(shape) * allocated // 8):
         return None
     dtype = np.dtype(f"<{'iu'[signed == 0]}{allocated // 8}")
     frames = np.frombuffer(data, dtype, count=int(np.prod(shape))).reshape(shape)
