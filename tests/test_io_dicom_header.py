@@ -20,10 +20,11 @@ from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 import pipeline.io.dicom as dicom_module
 from pipeline.io import UnreadableImageError
-from pipeline.io.dicom import read_dicom_frames
+from pipeline.io.dicom import is_dicom_file, read_dicom_frames
 from pipeline.io.dicom_header import HEADER_TAGS, NEEDS_PYDICOM, read_plain_header
 from tests.test_io_dicom import write_ct
 from tests.test_io_dicom_native import _read, _shipped_files
+from tests.test_io_dicom_realdata import REALDATA, folder
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -202,3 +203,12 @@ def test_a_repeated_element_is_left_to_pydicom(tmp_path, monkeypatch):
     path.write_bytes(raw.replace(element, element + b"\x10\x00\x20\x00LO\x06\x00OTHER "))
     assert read_plain_header(path) is None
     assert_same_frames(path, monkeypatch)
+
+
+def test_real_files_in_shared_realdata_read_alike(monkeypatch):
+    """Real scanner headers (private groups, nested sequences, CT and MR, X-ray): same frames either way."""
+    files = [p for p in sorted(folder(REALDATA).rglob("*")) if p.is_file() and is_dicom_file(p)]
+    for path in files:
+        assert_same_frames(path, monkeypatch)
+    plain = [p.name for p in files if read_plain_header(p) is not None]
+    assert len(plain) >= 10, plain  # the real CT and MR slices and the tiny single-frame volumes

@@ -15,8 +15,6 @@ Messages name the file and the SOP class only, never a patient identifier or an 
 from __future__ import annotations
 
 import logging
-import re
-import struct
 from pathlib import Path
 
 import pydicom
@@ -28,11 +26,10 @@ from pydicom.uid import (
 )
 
 from pipeline.io import UnreadableImageError
+from pipeline.io.dicom_header import MAGIC, PREAMBLE_BYTES, meta_sop_class
 
 log = logging.getLogger(__name__)
 
-PREAMBLE_BYTES = 128
-MAGIC = b"DICM"
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Objects whose pixels are label masks; a later step matches them to images by referenced SOP Instance UID.
 SEGMENTATION_SOP_CLASSES = {
@@ -43,10 +40,7 @@ SEGMENTATION_SOP_CLASSES = {
 _NAMES_MISSING_FROM_PYDICOM = {"1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation Storage"}
 # Objects that do carry Pixel Data, but not a picture of the patient: an RT dose grid is in Gy.
 NON_IMAGE_PIXEL_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.481.2"})  # RT Dose Storage
-# File meta elements whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2); others have 2 bytes.
-_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META_HEAD_BYTES = 2048  # the file meta group is a few hundred bytes
-_UID = re.compile(rb"[0-9.]{1,64}")
 # A dataset stream without preamble starts with group 0x0008 (or the 0x0002 meta group), either byte order.
 _RAW_FIRST_GROUPS = (b"\x08\x00", b"\x00\x08", b"\x02\x00")
 
@@ -100,32 +94,13 @@ def media_storage_sop_class(path: Path, head: bytes | None = None) -> str:
     head = _read_head(Path(path), _META_HEAD_BYTES) if head is None else head
     if head is None or head[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] != MAGIC:
         return ""
-    found = _scan_meta_sop_class(head)
+    found = meta_sop_class(head)
     if found is not None:
         return found
     try:
         return str(read_file_meta_info(path).get("MediaStorageSOPClassUID", "") or "")
     except Exception:  # a damaged meta group: leave it to the reader, which rejects it with a reason
         return ""
-
-
-def _scan_meta_sop_class(head: bytes) -> str | None:
-    """(0002,0002) from explicit-VR little-endian meta elements, None when not plainly found in ``head``."""
-    position = PREAMBLE_BYTES + len(MAGIC)
-    while position + 8 <= len(head):
-        group, element = struct.unpack_from("<HH", head, position)
-        vr = head[position + 4:position + 6]
-        if group != 2 or not vr.isalpha() or not vr.isupper():
-            return None
-        if vr in _LONG_LENGTH_VRS:
-            (length,), start = struct.unpack_from("<I", head, position + 8), position + 12
-        else:
-            (length,), start = struct.unpack_from("<H", head, position + 6), position + 8
-        if element == 2:
-            value = head[start:start + length].rstrip(b"\x00 ")
-            return value.decode("ascii") if start + length <= len(head) and _UID.fullmatch(value) else None
-        position = start + length
-    return None
 
 
 def _is_dicomdir(path: Path, head: bytes) -> bool:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pipeline.io.dicom_files import MAGIC, PREAMBLE_BYTES
-
+PREAMBLE_BYTES = 128
+MAGIC = b"DICM"  # after the preamble: a Part 10 file
 # Elements whose explicit-VR length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2); others have 2 bytes.
 LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
                              b"UV"})
@@ -139,9 +139,7 @@ def read_plain_header(path: Path) -> PlainHeader | None:
 
 def parse_plain_header(data: bytes) -> PlainHeader:
     """Parse a whole Part 10 file held in memory; raises :class:`NotPlain` (or struct / value errors)."""
-    if data[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] != MAGIC:
-        raise NotPlain("no preamble")
-    meta, position = _read_meta(data, PREAMBLE_BYTES + len(MAGIC))
+    meta, position = read_meta(data)
     syntax = meta.get(0x00020010, "")
     if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         raise NotPlain(f"transfer syntax {syntax}")
@@ -149,9 +147,21 @@ def parse_plain_header(data: bytes) -> PlainHeader:
     return PlainHeader(FileMeta(syntax, meta.get(0x00020002, "")), _convert(data, raw))
 
 
-def _read_meta(data: bytes, position: int) -> tuple[dict[int, str], int]:
-    """File meta group (always explicit VR little endian): the UIDs of (0002,0002) and (0002,0010)."""
+def meta_sop_class(head: bytes) -> str | None:
+    """MediaStorageSOPClassUID from the first bytes of a Part 10 file; None when not plainly found there."""
+    try:
+        return read_meta(head)[0].get(0x00020002)
+    except (NotPlain, struct.error, UnicodeDecodeError):
+        return None
+
+
+def read_meta(data: bytes) -> tuple[dict[int, str], int]:
+    """The file meta group (always explicit VR little endian, PS3.10 7.1) of a Part 10 file held in ``data``:
+    the UIDs of (0002,0002) and (0002,0010) by tag, and the offset where the dataset starts."""
+    if data[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] != MAGIC:
+        raise NotPlain("no preamble")
     meta: dict[int, str] = {}
+    position = PREAMBLE_BYTES + len(MAGIC)
     while position + 8 <= len(data) and _tag_at(data, position) >> 16 == 0x0002:
         tag, _vr, start, end, position = _next_element(data, position, implicit=False, depth=0)
         if tag in (0x00020002, 0x00020010):
