@@ -212,3 +212,35 @@ def test_real_files_in_shared_realdata_read_alike(monkeypatch):
         assert_same_frames(path, monkeypatch)
     plain = [p.name for p in files if read_plain_header(p) is not None]
     assert len(plain) >= 10, plain  # the real CT and MR slices and the tiny single-frame volumes
+
+
+def test_a_compressed_file_is_declined_from_its_first_bytes(tmp_path, monkeypatch):
+    """The transfer syntax is read from the file meta probe: a compressed file is not read in full twice."""
+    path = write_ct(tmp_path / "c.dcm", np.arange(4096, dtype=np.int16).reshape(64, 64))
+    ds = pydicom.dcmread(path)
+    ds.compress(RLELossless)
+    ds.save_as(path)
+    reads = []
+    real_open = open
+
+    class CountingFile:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.stream.close()
+
+        def read(self, size=-1):
+            data = self.stream.read(size)
+            reads.append(len(data))
+            return data
+
+        def seek(self, offset):
+            return self.stream.seek(offset)
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: CountingFile(real_open(*a, **k)))
+    assert read_plain_header(path) is None
+    assert sum(reads) <= 4096 < path.stat().st_size

@@ -26,7 +26,7 @@ from pydicom.uid import (
 )
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.dicom_header import MAGIC, PREAMBLE_BYTES, meta_sop_class
+from pipeline.io.dicom_header import MAGIC, MEDIA_STORAGE_SOP_CLASS, PREAMBLE_BYTES, meta_uid
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def media_storage_sop_class(path: Path, head: bytes | None = None) -> str:
     head = _read_head(Path(path), _META_HEAD_BYTES) if head is None else head
     if head is None or head[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] != MAGIC:
         return ""
-    found = meta_sop_class(head)
+    found = meta_uid(head, MEDIA_STORAGE_SOP_CLASS)
     if found is not None:
         return found
     try:

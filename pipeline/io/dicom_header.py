@@ -36,6 +36,9 @@ LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
+MEDIA_STORAGE_SOP_CLASS, TRANSFER_SYNTAX = 0x00020002, 0x00020010  # the file meta UIDs the pipeline uses
+PLAIN_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+META_PROBE_BYTES = 4096  # file meta groups are a few hundred bytes
 MAX_NESTING = 32  # deeper sequences than this are left to pydicom (and are never seen in real files)
 
 # keyword → (tag, accepted explicit VRs, value kind). "US|SS": the VR the file states, or in implicit VR the one
@@ -126,9 +129,17 @@ class PlainHeader:
 
 
 def read_plain_header(path: Path) -> PlainHeader | None:
-    """The header of ``path`` if it is a plain uncompressed little-endian Part 10 file, else None."""
+    """The header of ``path`` if it is a plain uncompressed little-endian Part 10 file, else None.
+
+    The transfer syntax is checked on the first bytes, so a compressed file (a JPEG 2000 study, a
+    gigabyte tomosynthesis object) is not read twice, once here and once by pydicom.
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as stream:
+            if meta_uid(stream.read(META_PROBE_BYTES), TRANSFER_SYNTAX) not in PLAIN_SYNTAXES:
+                return None
+            stream.seek(0)
+            data = stream.read()
     except OSError:
         return None
     try:
@@ -140,31 +151,32 @@ def read_plain_header(path: Path) -> PlainHeader | None:
 def parse_plain_header(data: bytes) -> PlainHeader:
     """Parse a whole Part 10 file held in memory; raises :class:`NotPlain` (or struct / value errors)."""
     meta, position = read_meta(data)
-    syntax = meta.get(0x00020010, "")
-    if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+    syntax = meta.get(TRANSFER_SYNTAX, "")
+    if syntax not in PLAIN_SYNTAXES:
         raise NotPlain(f"transfer syntax {syntax}")
     raw = _read_top_level(data, position, implicit=syntax == ImplicitVRLittleEndian)
-    return PlainHeader(FileMeta(syntax, meta.get(0x00020002, "")), _convert(data, raw))
+    return PlainHeader(FileMeta(syntax, meta.get(MEDIA_STORAGE_SOP_CLASS, "")), _convert(data, raw))
 
 
-def meta_sop_class(head: bytes) -> str | None:
-    """MediaStorageSOPClassUID from the first bytes of a Part 10 file; None when not plainly found there."""
+def meta_uid(head: bytes, tag: int) -> str | None:
+    """A file meta UID (:data:`MEDIA_STORAGE_SOP_CLASS`, :data:`TRANSFER_SYNTAX`) from the first bytes of a
+    Part 10 file; None when not plainly found there (no preamble, damaged, or a meta group longer than ``head``)."""
     try:
-        return read_meta(head)[0].get(0x00020002)
+        return read_meta(head)[0].get(tag)
     except (NotPlain, struct.error, UnicodeDecodeError):
         return None
 
 
 def read_meta(data: bytes) -> tuple[dict[int, str], int]:
     """The file meta group (always explicit VR little endian, PS3.10 7.1) of a Part 10 file held in ``data``:
-    the UIDs of (0002,0002) and (0002,0010) by tag, and the offset where the dataset starts."""
+    its two UIDs by tag, and the offset where the dataset starts."""
     if data[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] != MAGIC:
         raise NotPlain("no preamble")
     meta: dict[int, str] = {}
     position = PREAMBLE_BYTES + len(MAGIC)
     while position + 8 <= len(data) and _tag_at(data, position) >> 16 == 0x0002:
         tag, _vr, start, end, position = _next_element(data, position, implicit=False, depth=0)
-        if tag in (0x00020002, 0x00020010):
+        if tag in (MEDIA_STORAGE_SOP_CLASS, TRANSFER_SYNTAX):
             meta[tag] = _text(data[start:end], b"UI")
     return meta, position
 
