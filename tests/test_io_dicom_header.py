@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 import pipeline.io.dicom as dicom_module
 from pipeline.io import UnreadableImageError
@@ -244,3 +244,13 @@ def test_a_compressed_file_is_declined_from_its_first_bytes(tmp_path, monkeypatc
     monkeypatch.setattr("builtins.open", lambda *a, **k: CountingFile(real_open(*a, **k)))
     assert read_plain_header(path) is None
     assert sum(reads) <= 4096 < path.stat().st_size
+
+
+def test_an_implicit_vr_dataset_under_an_explicit_vr_syntax_is_left_to_pydicom(tmp_path, monkeypatch):
+    """A mislabelled file (seen in the wild): length bytes must not be taken for a VR; pydicom detects it."""
+    path = write_ct(tmp_path / "m.dcm", np.arange(-8, 8, dtype=np.int16).reshape(4, 4))
+    ds = pydicom.dcmread(path)
+    pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, force_encoding=True)
+    assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert read_plain_header(path) is None
+    assert_same_frames(path, monkeypatch)

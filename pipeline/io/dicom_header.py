@@ -33,6 +33,8 @@ MAGIC = b"DICM"  # after the preamble: a Part 10 file
 # Elements whose explicit-VR length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2); others have 2 bytes.
 LONG_LENGTH_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
                              b"UV"})
+SHORT_LENGTH_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+                              b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
@@ -212,7 +214,7 @@ def _next_element(data: bytes, position: int, implicit: bool,
         start = position + 8
         if vr in LONG_LENGTH_VRS:
             (length,), start = _LENGTH.unpack_from(data, start), position + 12
-        elif not (vr.isalpha() and vr.isupper()):
+        elif vr not in SHORT_LENGTH_VRS:  # e.g. an implicit-VR dataset under an explicit-VR syntax
             raise NotPlain(f"no VR at byte {position}")
     tag = group << 16 | element
     if group == 0xFFFE:
