@@ -3,9 +3,10 @@
 Why it exists: ``pydicom.dcmread`` builds a full :class:`~pydicom.dataset.Dataset` (a DataElement per element,
 values converted through hooks on first access), about 0.5 ms for a CT slice, and each later attribute lookup
 costs 5–20 µs. For an uncompressed slice that is as much as everything else ingest does with the file (decode,
-modality LUT, resize, windows), which kept ingest at half the raw ``dcmread(...).pixel_array`` speed. This
-module walks the element stream itself and keeps only the attributes the pixel pipeline reads
-(:data:`HEADER_TAGS`); Pixel Data stays a view of the file's bytes.
+modality LUT, resize, windows), which kept ingest at half the raw ``dcmread(...).pixel_array`` speed.
+pydicom's own narrowing, ``dcmread(specific_tags=...)``, is slower still (measured 0.78–0.88 ms against
+0.65–0.70 ms). This module walks the element stream itself and keeps only the attributes the pixel pipeline
+reads (:data:`HEADER_TAGS`), in ~0.26 ms; Pixel Data stays a view of the file's bytes.
 
 It is a *shortcut, not a second reader*: :func:`read_plain_header` returns None for anything it does not fully
 understand, and the caller then reads the file with pydicom as before (which also produces the error messages
