@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.config import SimCLRConfig
 from pipeline.data.chips import ChipSet
 from pipeline.models.heads import SimCLRModel
-from pipeline.runtime import Compute, configure_runtime, resolve_compute
+from pipeline.runtime import Compute, resolve_compute
+from pipeline.seeding import configure_runtime
 from pipeline.ssl.loss import nt_xent
 from pipeline.ssl.train import pretrain_simclr
 

@@ -1,35 +1,10 @@
-"""Process-wide settings a stage applies once at start: seeds, threads, deterministic kernels."""
+"""Where a stage's tensors live and in which precision its forward pass runs (seeds: :mod:`pipeline.seeding`)."""
 
 from __future__ import annotations
 
-import logging
-import os
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-
-
-def configure_runtime(seed: int, torch_threads: int = 0) -> None:
-    """Seed every generator from the one params seed and pin the thread count.
-
-    Same seed + same thread count on the same CPU gives bit-identical metrics; the thread count is
-    pinned because the reduction order of parallel kernels depends on it.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=False)
-    # Under torchrun, the ranks on one host share its cores instead of each claiming all of them.
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = torch_threads or max(1, (os.cpu_count() or 1) // ranks_here)
-    torch.set_num_threads(threads)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def stage_logger(name: str) -> logging.Logger:
-    return logging.getLogger(f"stages.{name}")
 
 
 @dataclass(frozen=True)

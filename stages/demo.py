@@ -8,7 +8,7 @@ from pipeline.presets import PRESETS
 from stages.common import start_stage
 
 if __name__ == "__main__":
-    config, args = start_stage(__doc__)
+    config, args = start_stage(__doc__, uses_torch=False)
     section = config.domain(args.domain)
     with atomic_dir(Path(config.paths.demo) / args.domain) as out:
         if section.source == "demo":

@@ -6,7 +6,8 @@ from pathlib import Path
 from pipeline.data.chips import load_chipset
 from pipeline.presets import PRESETS
 from pipeline.tasks.evaluate_detection import evaluate_detection, evaluate_detection_floor
-from stages.common import BackboneFactory, stage_compute, start_stage, write_result
+from stages.common import start_stage, write_result
+from stages.training_common import BackboneFactory, stage_compute
 
 if __name__ == "__main__":
     config, args = start_stage(__doc__, with_init=True)

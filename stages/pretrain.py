@@ -18,7 +18,8 @@ from pipeline.models.heads import SimCLRModel
 from pipeline.presets import PRESETS
 from pipeline.ssl.distributed import init_distributed, shutdown_distributed
 from pipeline.ssl.train import pretrain_simclr
-from stages.common import stage_compute, start_stage
+from stages.common import start_stage
+from stages.training_common import stage_compute
 
 
 def resume_key(config, domain: str, chips, world_size: int) -> str:

@@ -5,23 +5,29 @@ floor (a per-pixel class prior) on the same label subsets.
 Every seed draws its own stratified subset of the labelled training chips (the same subsets as
 classification), fine-tunes a fresh model and scores the fixed test split. A few test predictions are
 kept so the report can draw overlays of every initialisation on the same chips.
+
+torch and segmentation-models-pytorch are imported by :func:`evaluate_segmentation` only, so the floor's stage
+starts without them (as in :mod:`pipeline.tasks.evaluate`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from pipeline.config import EvaluateConfig
 from pipeline.data.chips import MASK_IGNORE, ChipSet
 from pipeline.data.subsets import label_subset
 from pipeline.metrics import segmentation_confusion, segmentation_metrics, summarise_runs
-from pipeline.runtime import Compute
 from pipeline.tasks.evaluate import run_protocols, transfer_protocols
-from pipeline.tasks.segmentation import build_segmenter, finetune_segmenter, predict_masks
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.runtime import Compute
 
 log = logging.getLogger(__name__)
 OVERLAY_CHIPS = 4
@@ -35,8 +41,13 @@ def _masked_split(chips: ChipSet, split: str) -> np.ndarray:
 
 def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name: str, chips: ChipSet,
                           cfg: EvaluateConfig, augment_preset: str, extra: dict,
-                          compute: Compute = Compute()) -> dict:
-    """Per seed: fine-tune on a label subset, then mIoU / Dice on the test split (255 pixels ignored)."""
+                          compute: Compute | None = None) -> dict:
+    """Per seed: fine-tune on a label subset, then mIoU / Dice on the test split (255 pixels ignored);
+    ``compute`` defaults to fp32 on the CPU."""
+    from pipeline.runtime import Compute  # torch: see the module docstring
+    from pipeline.tasks.segmentation import build_segmenter, finetune_segmenter, predict_masks
+
+    compute = compute or Compute()
     classes = chips.mask_classes or []
 
     def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> np.ndarray:

@@ -1,13 +1,11 @@
-"""Frozen-feature evaluation: feature extraction, weighted kNN and the linear probe (DOMAIN.md §2.1)."""
+"""Frozen-feature evaluation: feature extraction and weighted kNN (DOMAIN.md §2.1); the linear probe is in
+:mod:`pipeline.tasks.linear_probe`."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -55,25 +53,3 @@ def knn_predict_proba(
     votes = torch.zeros(len(query), num_classes)
     votes.scatter_add_(1, torch.as_tensor(train_labels, dtype=torch.long)[neighbour], weights)
     return (votes / votes.sum(dim=1, keepdim=True)).numpy()
-
-
-def linear_probe_proba(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    query_features: np.ndarray,
-    num_classes: int,
-    inverse_regularisation: float = 1.0,
-    max_iter: int = 2000,
-) -> np.ndarray:
-    """Logistic regression on standardised frozen features; (Q, num_classes) probabilities.
-
-    Classes absent from the (small) labelled subset get probability 0, so every protocol reports
-    probabilities over the same class list.
-    """
-    model = make_pipeline(
-        StandardScaler(), LogisticRegression(C=inverse_regularisation, max_iter=max_iter)
-    )
-    model.fit(train_features, train_labels)
-    proba = np.zeros((len(query_features), num_classes))
-    proba[:, model.classes_] = model.predict_proba(query_features)
-    return proba

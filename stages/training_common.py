@@ -1,0 +1,41 @@
+"""What the training and evaluation stages share: device and precision, and fresh backbones of one init."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from torch import nn
+
+from pipeline.config import Config
+from pipeline.models.backbone import create_backbone, provenance_dict
+from pipeline.runtime import Compute, resolve_compute
+
+
+def stage_compute(config: Config) -> Compute:
+    """Device and precision from ``runtime.*``; under torchrun each rank takes GPU ``LOCAL_RANK``."""
+    try:
+        return resolve_compute(
+            config.runtime.device, config.runtime.precision, int(os.environ.get("LOCAL_RANK", "0")), config.runtime.compile
+        )
+    except ValueError as error:
+        sys.exit(f"error: params.yaml: {error}")
+
+
+class BackboneFactory:
+    """Fresh weights of one initialisation on every call (each seed and fraction starts from the same
+    weights); remembers where they came from, for the result's provenance."""
+
+    def __init__(self, config: Config, domain: str, init: str, in_chans: int):
+        self.config, self.domain, self.init, self.in_chans = config, domain, init, in_chans
+        self.provenance: dict = {}
+
+    def __call__(self) -> nn.Module:
+        model, weights = create_backbone(
+            self.config.model.backbone, self.init, self.in_chans, seed=self.config.seed,
+            imagenet_weights=self.config.model.imagenet_weights,
+            simclr_export=Path(self.config.paths.pretrain) / self.domain,
+        )
+        self.provenance = provenance_dict(weights)
+        return model
