@@ -1,4 +1,4 @@
-"""The data stages (demo, ingest) run end to end without importing torch, and seed what they use."""
+"""The data stages (demo, ingest) and the classification / segmentation floors run without importing torch."""
 
 from __future__ import annotations
 
@@ -9,29 +9,31 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_STAGE = ("import runpy, sys; sys.argv = ['{stage}', '--domain', 'medical', '--params', '{params}']; "
+RUN_STAGE = ("import runpy, sys; sys.argv = ['{stage}', '--domain', 'medical', '--params', '{params}', *{extra}]; "
              "runpy.run_path('stages/{stage}.py', run_name='__main__'); "
              "print(sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules))")
 
 
 def _tiny_params(tmp_path: Path) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["paths"].update({key: str(tmp_path / key) for key in ("demo", "ingest", "reports")})
-    params["demo"]["medical"] = {"patients": 4, "slices_per_patient": 3, "image_size": 32}
+    params["paths"].update({key: str(tmp_path / key) for key in ("demo", "ingest", "evaluate", "reports")})
+    params["demo"]["medical"] = {"patients": 10, "slices_per_patient": 3, "image_size": 32}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
 
-def test_demo_and_ingest_stages_run_without_torch(tmp_path):
+def test_data_stages_and_floors_run_without_torch(tmp_path):
     params = _tiny_params(tmp_path)
-    for stage in ("demo", "ingest"):
-        done = subprocess.run([sys.executable, "-c", RUN_STAGE.format(stage=stage, params=params)], cwd=ROOT,
-                              capture_output=True, text=True)
+    floor = ["--init", "floor"]
+    for stage, extra in (("demo", []), ("ingest", []), ("evaluate", floor), ("segment", floor)):
+        done = subprocess.run([sys.executable, "-c", RUN_STAGE.format(stage=stage, params=params, extra=extra)],
+                              cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout.strip().splitlines()[-1] == "[]", f"stages.{stage} imported {done.stdout}"
-    assert (tmp_path / "ingest" / "medical" / "manifest.csv").is_file()
+        assert done.stdout.strip().splitlines()[-1] == "[]", f"stages.{stage} {extra} imported {done.stdout}"
     assert (tmp_path / "reports" / "ingest" / "medical.json").is_file()
+    for name in ("floor", "seg_floor"):
+        assert (tmp_path / "evaluate" / "medical" / f"{name}.json").is_file()
 
 
 def test_seeding_without_torch_seeds_python_and_numpy():
