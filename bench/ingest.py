@@ -55,7 +55,7 @@ from pipeline.config import load_config
 from pipeline.data.demo_medical import MedicalDemoSpec, write_medical_demo
 from pipeline.data.demo_remote import RemoteDemoSpec, write_remote_demo
 from pipeline.data.ingest import read_folder
-from pipeline.data.sources import SOURCE_KINDS
+from pipeline.data.source_kinds import SOURCE_KINDS
 from pipeline.io.geotiff import chip_windows
 
 CONFIG = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -91,13 +91,13 @@ RAW = {"dicom": raw_dicom_s, "geotiff": raw_geotiff_s}
 
 
 def ingest_s(source: Path, kind: str, workers: int) -> tuple[float, int]:
-    """Seconds to read the folder, and chips seen (kept + dropped for their valid fraction)."""
+    """Seconds to read the folder, and chips seen (kept + dropped for their valid fraction or as constant)."""
     cfg = load_config(CONFIG).data[DOMAIN_OF[kind]]
     started = time.perf_counter()
     found = read_folder(source, cfg, kind, workers=workers, domain=DOMAIN_OF[kind])
     seconds = time.perf_counter() - started
     assert not found.rejected, found.rejected[:3]
-    return seconds, len(found.images) + found.chips_dropped_low_valid
+    return seconds, len(found.images) + sum(o.dropped_low_valid + o.dropped_constant for o in found.files.values())
 
 
 def write_source(source: Path, args: argparse.Namespace) -> None:

@@ -47,6 +47,37 @@ class BandDropout(A.ChannelDropout):
         return img if not channels_to_drop else super().apply(img, channels_to_drop, **params)
 
 
+class BiasField(A.ImageOnlyTransform):
+    """Smooth multiplicative intensity inhomogeneity, the MR coil-sensitivity artefact (torchio's RandomBiasField).
+
+    The field is ``exp(p(x, y))`` for a random polynomial ``p`` of the normalised image coordinates of total
+    degree ≤ ``order``, each coefficient uniform in ``±coefficients``; every channel is multiplied by it and the
+    result is clipped to [0, 1]. A network that should recognise anatomy must not rely on absolute brightness
+    at a position, which is what the field varies between scanners and coils.
+    """
+
+    def __init__(self, coefficients: float = 0.3, order: int = 3, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.coefficients = coefficients
+        self.order = order
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """One coefficient per monomial x^i y^j with i + j ≤ order."""
+        terms = [(i, j) for i in range(self.order + 1) for j in range(self.order + 1 - i)]
+        values = self.random_generator.uniform(-self.coefficients, self.coefficients, len(terms))
+        return {"terms": terms, "values": values}
+
+    def apply(self, img: np.ndarray, terms: list[tuple[int, int]], values: np.ndarray,
+              **params: Any) -> np.ndarray:
+        """(H, W, C) → same shape, multiplied by the field."""
+        height, width = img.shape[:2]
+        y, x = np.meshgrid(np.linspace(-1, 1, height, dtype=np.float32), np.linspace(-1, 1, width, dtype=np.float32),
+                           indexing="ij")
+        log_field = sum(np.float32(v) * x ** i * y ** j for (i, j), v in zip(terms, values))
+        field = np.exp(log_field).astype(np.float32)
+        return np.clip(img * (field[..., None] if img.ndim == 3 else field), 0.0, 1.0).astype(np.float32)
+
+
 # One row per step, applied in order: {"transform": <albumentations class name>, **its arguments}.
 # Intensity steps come after the crop so they run on the small output image.
 AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
@@ -68,6 +99,48 @@ AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "RandomGamma", "gamma_limit": (80, 125), "p": 0.5},
         {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
         {"transform": "GaussNoise", "std_range": (0.005, 0.03), "p": 0.3},
+    ),
+    # Radiographs (CR, DX, MG): MoCo-CXR found aggressive crops and colour jitter destroy the findings, so
+    # crops keep most of the image; anatomy has a side (laterality), so no flips (add a HorizontalFlip row to a
+    # copy of this recipe to allow them); small rotation; brightness / contrast / gamma, no hue.
+    "medical_xray": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.7, 1.0),
+         "ratio": (0.85, 1.18), "area_for_downscale": "image"},
+        {"transform": "Affine", "rotate": (-10, 10), "scale": (0.95, 1.05), "translate_percent": (-0.04, 0.04),
+         "fill": 0.0, "fill_mask": 255, "p": 0.7},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2,
+         "brightness_by_max": False, "p": 0.8},
+        {"transform": "RandomGamma", "gamma_limit": (80, 125), "p": 0.5},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 0.8), "p": 0.2},
+        {"transform": "GaussNoise", "std_range": (0.005, 0.02), "p": 0.3},
+    ),
+    # MR slices: no physical unit and scanner-dependent shading, so a smooth bias field, gamma and a global
+    # intensity scale; small affine; no flips (a left-right flip swaps hemispheres / organs).
+    "medical_mr": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.5, 1.0),
+         "ratio": (0.85, 1.18), "area_for_downscale": "image"},
+        {"transform": "Affine", "rotate": (-10, 10), "scale": (0.9, 1.1), "translate_percent": (-0.05, 0.05),
+         "fill": 0.0, "fill_mask": 255, "p": 0.7},
+        {"transform": "BiasField", "coefficients": 0.3, "order": 3, "p": 0.6},
+        {"transform": "RandomGamma", "gamma_limit": (75, 135), "p": 0.6},
+        {"transform": "MultiplicativeNoise", "multiplier": (0.9, 1.1), "per_channel": False, "elementwise": False,
+         "p": 0.5},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 0.8), "p": 0.2},
+        {"transform": "GaussNoise", "std_range": (0.005, 0.03), "p": 0.3},
+    ),
+    # Ultrasound, endoscopy, photographs: RGB, but hue is Doppler flow or tissue colour, so no hue jitter;
+    # speckle is multiplicative (elementwise multiplicative noise); mirror images are plausible.
+    "medical_colour": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.35, 1.0),
+         "ratio": (0.75, 4 / 3), "area_for_downscale": "image"},
+        {"transform": "HorizontalFlip", "p": 0.5},
+        {"transform": "Affine", "rotate": (-15, 15), "scale": (0.9, 1.1), "fill": 0.0, "fill_mask": 255, "p": 0.6},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.25, "contrast_limit": 0.25,
+         "brightness_by_max": False, "p": 0.8},
+        {"transform": "RandomGamma", "gamma_limit": (80, 125), "p": 0.5},
+        {"transform": "MultiplicativeNoise", "multiplier": (0.85, 1.15), "per_channel": False, "elementwise": True,
+         "p": 0.3},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
     ),
     # Multispectral chips (§4): overhead imagery has no "up", so all 8 flips/rotations; per-band gain,
     # brightness relative to the chip's mean reflectance, band dropout, blur, sensor noise.
@@ -98,7 +171,7 @@ AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
 RGB_PRESETS = frozenset({"natural_rgb"})
 """Recipes with colour transforms (hue, saturation, grey conversion) that only mean something for RGB."""
 
-_LOCAL_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"BandDropout": BandDropout}
+_LOCAL_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"BandDropout": BandDropout, "BiasField": BiasField}
 
 
 def build_view_transform(preset: str, image_size: int) -> A.Compose:

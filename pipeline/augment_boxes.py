@@ -22,6 +22,21 @@ BOX_AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "MultiplicativeNoise", "multiplier": (0.9, 1.1), "per_channel": True, "elementwise": False,
          "p": 0.5},
     ),
+    "medical_xray": (
+        {"transform": "Affine", "scale": (0.9, 1.1), "translate_percent": (-0.06, 0.06), "fill": 0.0, "p": 0.7},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.15, "contrast_limit": 0.15,
+         "brightness_by_max": False, "p": 0.5},
+    ),
+    "medical_mr": (
+        {"transform": "Affine", "scale": (0.9, 1.1), "translate_percent": (-0.06, 0.06), "fill": 0.0, "p": 0.7},
+        {"transform": "RandomGamma", "gamma_limit": (80, 125), "p": 0.5},
+    ),
+    "medical_colour": (
+        {"transform": "HorizontalFlip", "p": 0.5},
+        {"transform": "Affine", "scale": (0.85, 1.15), "translate_percent": (-0.08, 0.08), "fill": 0.0, "p": 0.7},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.2, "contrast_limit": 0.2,
+         "brightness_by_max": False, "p": 0.5},
+    ),
     "remote_multispectral": (
         {"transform": "D4", "p": 1.0},
         {"transform": "Affine", "scale": (0.85, 1.15), "translate_percent": (-0.08, 0.08), "fill": 0.0, "p": 0.5},

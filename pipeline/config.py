@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -72,14 +74,48 @@ class HUWindowConfig(_Strict):
     width: PositiveFloat
 
 
-class DicomOptions(_Strict):
-    """CT windows stacked as channels (DOMAIN.md §3): several windows beat one grey channel copied 3×."""
+Percentiles = tuple[Annotated[float, Field(ge=0, le=100)], Annotated[float, Field(ge=0, le=100)]]
 
+
+def _low_below_high_percentile(value: tuple[float, float]) -> tuple[float, float]:
+    if not value[0] < value[1]:
+        raise ValueError(f"needs [low, high] percentiles with low < high, got {list(value)}")
+    return value
+
+
+class PercentileChannel(_Strict):
+    """A radiograph channel windowed to the image's own percentiles of its valid pixels, e.g. [1, 99]."""
+
+    percentiles: Percentiles
+
+    _ordered = field_validator("percentiles")(classmethod(lambda cls, v: _low_below_high_percentile(v)))
+
+
+XrayChannel = Annotated[
+    Annotated[Literal["file_voi"], Tag("file_voi")] | Annotated[PercentileChannel, Tag("percentiles")],
+    Discriminator(lambda value: "file_voi" if isinstance(value, str) else "percentiles"),
+]
+
+
+class DicomOptions(_Strict):
+    """How DICOM values become channels; each preset reads the part that concerns it (docs/medical-dicom.md)."""
+
+    # DICOM Modality values this domain reads; None = its preset's (medical_ct: CT; medical_xray: CR, DX …)
+    modalities: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Z0-9_ ]+$")]] | None = None
+    # medical_ct: one channel per HU window (DOMAIN.md §3: several windows beat one grey channel copied 3×)
     hu_windows: list[HUWindowConfig] = [
         HUWindowConfig(center=40, width=400),
         HUWindowConfig(center=-600, width=1500),
         HUWindowConfig(center=400, width=1800),
     ]
+    # medical_xray: one channel per entry: "file_voi" = the file's VOI LUT (else the robust window below),
+    # or {percentiles: [low, high]} = a window on the image's own percentiles
+    xray_channels: Annotated[list[XrayChannel], Field(min_length=1)] = ["file_voi"]
+    voi_number: PositiveInt = 1  # which of several VOI LUTs / windows in a file (1-based)
+    # robust window: radiographs without a VOI LUT (per image), MR (per series), rescaled grey ultrasound
+    percentiles: Percentiles = (0.5, 99.5)
+
+    _ordered = field_validator("percentiles")(classmethod(lambda cls, v: _low_below_high_percentile(v)))
 
 
 class GeoTiffOptions(_Strict):

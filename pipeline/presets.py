@@ -27,6 +27,24 @@ class DisplaySpec:
 
 
 @dataclass(frozen=True)
+class DicomRecipe:
+    """Which DICOM objects a preset reads and how their values become chip channels.
+
+    Attributes:
+        modalities: DICOM Modality values (0008,0060) read by default; ``data.<domain>.dicom.modalities``
+            overrides them. A file of another modality is skipped with a reason naming the preset that reads it.
+        intensity: key of :data:`pipeline.data.dicom_source.DICOM_INTENSITY`: ``hu_windows`` (CT: HU windows
+            as channels), ``file_voi`` (radiographs: the file's VOI LUT, else a robust window), ``series_percentiles``
+            (MR: robust percentiles of the whole series), ``colour`` (RGB, YBR, palette; grey as three channels).
+        reads_colour: colour objects (RGB, YBR, PALETTE COLOR) of any modality belong here.
+    """
+
+    modalities: tuple[str, ...]
+    intensity: Literal["hu_windows", "file_voi", "series_percentiles", "colour"]
+    reads_colour: bool = False
+
+
+@dataclass(frozen=True)
 class DomainPreset:
     """How one kind of imagery is read, split, augmented and generated for the demo.
 
@@ -38,6 +56,7 @@ class DomainPreset:
         demo: which demo generator writes this domain's embedded example data (None: bring your own folder).
         description: one line for reports.
         display: how the report draws its chips.
+        dicom: for the ``dicom`` reader, which objects it reads and how (None for other readers).
     """
 
     reader: Literal["dicom", "geotiff", "image"]
@@ -46,6 +65,7 @@ class DomainPreset:
     demo: Literal["medical", "remote"] | None
     description: str
     display: DisplaySpec = DisplaySpec()
+    dicom: DicomRecipe | None = None
 
 
 PRESETS: dict[str, DomainPreset] = {
@@ -56,6 +76,36 @@ PRESETS: dict[str, DomainPreset] = {
         demo="medical",
         description="CT slices (DICOM), HU windows stacked as channels, split by patient",
         display=DisplaySpec(),  # the first HU window (soft tissue by default), grey
+        dicom=DicomRecipe(modalities=("CT",), intensity="hu_windows"),
+    ),
+    "medical_xray": DomainPreset(
+        reader="dicom",
+        split="group",
+        augment="medical_xray",
+        demo=None,
+        description="radiographs and mammograms (DICOM CR, DX, MG, RF, XA, IO): the file's VOI LUT, "
+                    "aspect kept, split by patient",
+        display=DisplaySpec(),  # the VOI LUT is the display mapping
+        dicom=DicomRecipe(modalities=("CR", "DX", "MG", "RF", "XA", "IO"), intensity="file_voi"),
+    ),
+    "medical_mr": DomainPreset(
+        reader="dicom",
+        split="group",
+        augment="medical_mr",
+        demo=None,
+        description="MR slices (DICOM), intensities normalised per series, split by patient",
+        display=DisplaySpec(),
+        dicom=DicomRecipe(modalities=("MR",), intensity="series_percentiles"),
+    ),
+    "medical_colour": DomainPreset(
+        reader="dicom",
+        split="group",
+        augment="medical_colour",
+        demo=None,
+        description="ultrasound, endoscopy, photographs, microscopy (DICOM US, ES, XC, SM, GM, OP and any colour "
+                    "object) as RGB, scan region only, split by patient",
+        display=DisplaySpec(rgb=("red", "green", "blue")),
+        dicom=DicomRecipe(modalities=("US", "ES", "XC", "SM", "GM", "OP"), intensity="colour", reads_colour=True),
     ),
     "remote_multispectral": DomainPreset(
         reader="geotiff",
@@ -74,3 +124,17 @@ PRESETS: dict[str, DomainPreset] = {
         display=DisplaySpec(rgb=("red", "green", "blue")),
     ),
 }
+
+
+def dicom_preset_reading(modality: str, colour: bool) -> str | None:
+    """The first preset whose default DICOM recipe reads this kind of file (colour objects: the colour preset),
+    for skip reasons that tell the user which preset to use instead; None when no preset does."""
+    for name, preset in PRESETS.items():
+        recipe = preset.dicom
+        if recipe is not None and ((colour and recipe.reads_colour) or (not colour and modality in recipe.modalities
+                                                                           and not recipe.reads_colour)):
+            return name
+    for name, preset in PRESETS.items():  # grey ultrasound, endoscopy …: read by the colour preset too
+        if preset.dicom is not None and modality in preset.dicom.modalities:
+            return name
+    return None

@@ -147,7 +147,8 @@ def test_strict_mode_stops_at_the_bad_file_with_one_line(medical, tmp_path):
 def test_outcome_report_counts_every_file(remote):
     source, _, report = remote
     scenes = len(list((source / "scenes").glob("*.tif")))
-    assert report["files"] == {"seen": scenes, "ingested": scenes, "rejected": 0, "skipped": 0, "labels": 0}
+    assert report["files"] == {"seen": scenes, "ingested": scenes, "no_chips": 0, "rejected": 0, "skipped": 0,
+                               "labels": 0}
     assert report["chips"]["kept"] == sum(sum(c.values()) for c in report["counts"].values())
 
 

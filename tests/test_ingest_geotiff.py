@@ -235,7 +235,7 @@ def test_band_folder_is_one_scene_stacked_on_the_finest_grid(band_folder, tmp_pa
     source, folder, stored = band_folder
     (source / "labels.csv").write_text("path,label\nproducts/T33UUP_20200101,forest\n")
     report = ingest(source, tmp_path / "out", config(bands=["b04", "B03", 1, "B8A"]))
-    assert report["files"] == {"seen": 1, "ingested": 1, "rejected": 0, "skipped": 0, "labels": 0}
+    assert report["files"] == {"seen": 1, "ingested": 1, "no_chips": 0, "rejected": 0, "skipped": 0, "labels": 0}
     chips = load_chipset(tmp_path / "out")
     assert chips.channel_names == ["B04", "B03", "B02", "B8A"]
     upsampled = np.zeros((64, 64), np.uint16)  # rasterio's own warp of the 20 m band onto the 10 m grid
@@ -389,3 +389,24 @@ def test_two_workers_give_the_same_cache_for_band_folders_and_geojson(band_folde
     assert one == two and one["files"]["ingested"] == 2
     for name in ("chips.npy", "valid.npy", "masks.npy", "manifest.csv", "stats.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+# --- no silent blanks: constant chips and scenes without chips ----------------------------------------------
+
+def test_constant_chips_are_dropped_and_scenes_without_chips_are_said(tmp_path):
+    source = tmp_path / "scenes"
+    data = reflectance(3, 4, 2 * CHIP)
+    data[:, :CHIP, :CHIP] = 12000  # saturated after [0, 1] scaling: one blank chip of four
+    write_raster(source / "partly_blank.tif", data, scales=[SCALE] * 4)
+    write_raster(source / "all_blank.tif", np.full((4, CHIP, CHIP), 10000, np.uint16), scales=[SCALE] * 4)
+    write_raster(source / "tiny.tif", reflectance(4, 4, CHIP // 2), scales=[SCALE] * 4)
+    report = ingest(source, tmp_path / "out", config(block_size_px=32))
+    assert report["chips"]["kept"] == 3 and report["chips"]["dropped_constant"] == 2
+    assert report["files"] == {"seen": 3, "ingested": 1, "no_chips": 2, "rejected": 0, "skipped": 0, "labels": 0}
+    no_chips = {line["path"]: line["reason"] for line in report["no_chips"]}
+    assert no_chips["all_blank.tif"] == "all_blank.tif: no chips: 1 constant after value range [0, 1] -> [0, 1]"
+    assert no_chips["tiny.tif"] == "tiny.tif: the 16x16 scene is smaller than chip_size 32"
+    constant = {line["path"]: line["chips"] for line in report["constant_chips"]}
+    assert constant == {"all_blank.tif": 1, "partly_blank.tif": 1}
+    kept = load_chipset(tmp_path / "out")
+    assert {(int(r["row"]), int(r["col"])) for r in kept.manifest} == {(0, CHIP), (CHIP, 0), (CHIP, CHIP)}

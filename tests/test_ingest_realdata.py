@@ -24,8 +24,11 @@ def _ingest(folder: Path, preset: str, tmp_path: Path, **options) -> dict:
 
 def _accounted(report: dict) -> None:
     files = report["files"]
-    assert files["seen"] == files["ingested"] + files["rejected"] + files["skipped"] + files["labels"]
-    for line in report["rejected"] + report["skipped"] + [e for e in report["labels"] if "reason" in e]:
+    assert files["seen"] == (files["ingested"] + files["no_chips"] + files["rejected"] + files["skipped"]
+                             + files["labels"])
+    assert len(report["no_chips"]) == files["no_chips"]
+    for line in (report["rejected"] + report["skipped"] + report["no_chips"]
+                 + [e for e in report["labels"] if "reason" in e]):
         assert line["reason"].startswith(line["path"]) and "\n" not in line["reason"]
 
 
@@ -46,7 +49,12 @@ def test_dicom_ct_with_segmentation_objects(tmp_path):
     labels = {entry["path"]: entry for entry in report["labels"]}  # DICOM SEG: labels for the CT, not images
     assert labels["segmentations/liver.dcm"]["images"] == 3 and "segmentations/liver.dcm" not in skipped
     assert "none of them in the source folder" in skipped["sr-example/seg.dcm"]  # its PET images are absent
-    assert report["chips"]["kept"] > report["files"]["ingested"]  # multi-frame objects give one chip per frame
+    # multi-frame objects give one chip per frame
+    assert report["chips"]["kept"] + report["chips"]["dropped_constant"] > report["files"]["ingested"]
+    # the tiny 23x38x3 / 24x38x3 volumes hold blank slices (every value 0 HU): dropped and said, not trained on
+    no_chips = {line["path"]: line["reason"] for line in report["no_chips"]}
+    assert "constant after HU windows L40/W400" in no_chips["segmentations/23x38x3/image/IMG0001.dcm"]
+    assert report["modalities"]["MR"] == {"skipped": 1}  # the parametric map's MR slice: medical_mr reads it
 
 
 def test_chest_xray_pngs_as_an_image_folder(tmp_path):

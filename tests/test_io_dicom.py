@@ -155,14 +155,17 @@ def test_pixel_padding_range_limit(tmp_path):
     np.testing.assert_array_equal(image.valid, (stored < -2000) | (stored > -1500))
 
 
-def test_patient_key_falls_back_to_name_then_study(tmp_path):
+def test_patient_key_falls_back_to_name_then_study_then_series_then_the_file(tmp_path):
     stored = np.zeros((4, 4), dtype=np.int16)
     by_name = read_dicom(write_ct(tmp_path / "a.dcm", stored, PatientID=None, PatientName="Doe^Jane"))
-    assert by_name.patient_key == "Doe^Jane"
+    assert (by_name.patient_key, by_name.group_by) == ("Doe^Jane", "patient")
     by_study = read_dicom(write_ct(tmp_path / "b.dcm", stored, PatientID="", StudyInstanceUID="1.2.3.4"))
-    assert by_study.patient_key == "1.2.3.4" and by_study.study_key == "1.2.3.4"
-    with pytest.raises(UnreadableImageError, match="c.dcm"):
-        read_dicom(write_ct(tmp_path / "c.dcm", stored, PatientID=None, StudyInstanceUID=None))
+    assert (by_study.patient_key, by_study.group_by) == ("1.2.3.4", "study") and by_study.study_key == "1.2.3.4"
+    by_series = read_dicom(write_ct(tmp_path / "c.dcm", stored, PatientID=None, StudyInstanceUID=None,
+                                    SeriesInstanceUID="1.2.3.5"))
+    assert (by_series.patient_key, by_series.group_by, by_series.series_key) == ("1.2.3.5", "series", "1.2.3.5")
+    alone = read_dicom(write_ct(tmp_path / "d.dcm", stored, PatientID=None, StudyInstanceUID=None))
+    assert (alone.patient_key, alone.group_by) == ("", "file")  # ingest groups it by its own path
 
 
 def test_not_dicom_raises_naming_file(tmp_path):

@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
@@ -35,6 +36,8 @@ def _pydicom_value(ds: Dataset, keyword: str) -> object:
     kind = HEADER_TAGS[keyword][2]
     if kind == "text":
         return str(value)
+    if kind == "texts":
+        return [str(v) for v in value] if isinstance(value, MultiValue) else [str(value)]
     if kind in ("US", "US|SS", "IS"):
         return int(value)
     if kind == "DS":

@@ -152,11 +152,12 @@ def test_segmentation_reference_of_an_image_is_a_clear_error():
     assert_one_line_naming(error.value, path, "not a segmentation object (CT Image)")
 
 
-def test_dicomdir_is_not_listed_and_not_read_as_an_image(caplog):
+def test_dicomdir_is_not_an_image_file_and_is_not_read_as_an_image(caplog):
     path = pydicom_file("DICOMDIR")
-    with caplog.at_level(logging.INFO, logger="pipeline.io"):
+    with caplog.at_level(logging.DEBUG, logger="pipeline.io"):
         assert not is_dicom_file(path)
     assert f"{path}: DICOMDIR media directory index, not an image, skipped" in caplog.text
+    assert is_dicom_file(path, include_dicomdir=True)  # ingest lists it, to count it as skipped
     with pytest.raises(NotAnImageError) as error:
         read_dicom_frames(path)
     assert_one_line_naming(error.value, path, "DICOMDIR", "skipped")

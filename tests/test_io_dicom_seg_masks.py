@@ -45,7 +45,7 @@ CORONAL = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]  # rows run from head to feet
 def write_slice(path: Path, position=(-100.5, -50.25, 30.0), spacing=(0.8, 0.6), orientation=AXIAL,
                 shape=SHAPE, **attributes) -> Dataset:
     """A CT slice with a non-trivial plane; returns its header."""
-    stored = np.full(shape, 1064, np.int16)  # 40 HU
+    stored = (1004 + np.arange(shape[1], dtype=np.int16) * 8)[None].repeat(shape[0], 0)  # -20 HU ramp, not blank
     write_ct(path, stored, ImagePositionPatient=list(position), ImageOrientationPatient=list(orientation),
              PixelSpacing=list(spacing), SliceThickness=2.0, **attributes)
     return pydicom.dcmread(path, stop_before_pixels=True)
@@ -271,7 +271,7 @@ def test_ingest_gives_referenced_images_their_masks(labelled, tmp_path):
     expected[4:11, 4:11] = 1  # pixel centres 4 … 10 on a 1 mm grid starting at 0
     np.testing.assert_array_equal(masks["ct2.dcm"], expected)
     assert (masks["ct3.dcm"] == 255).all()  # no segmentation references it: no mask
-    assert report["files"] == {"seen": 6, "ingested": 4, "rejected": 0, "skipped": 0, "labels": 2}
+    assert report["files"] == {"seen": 6, "ingested": 4, "no_chips": 0, "rejected": 0, "skipped": 0, "labels": 2}
     assert report["labels"] == [{"path": "rs.dcm", "kind": "RTSTRUCT", "images": 1, "segments": ["gtv"]},
                                 {"path": "seg.dcm", "kind": "SEG", "images": 2, "segments": ["Liver"]}]
 
@@ -279,7 +279,7 @@ def test_ingest_gives_referenced_images_their_masks(labelled, tmp_path):
 def test_masks_are_resized_like_png_masks_and_padding_is_ignored(tmp_path):
     source = tmp_path / "source"
     source.mkdir()
-    stored = np.full((24, 24), 1064, np.int16)
+    stored = (1004 + np.arange(24, dtype=np.int16) * 8)[None].repeat(24, 0)  # a ramp: not a blank chip
     stored[:, :3] = -2000  # padding
     write_ct(source / "ct.dcm", stored, PixelPaddingValue=-2000)
     uid = pydicom.dcmread(source / "ct.dcm").SOPInstanceUID

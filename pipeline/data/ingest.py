@@ -1,6 +1,6 @@
 """Ingest: a folder of DICOM or GeoTIFF files → the decoded chip cache (see :mod:`pipeline.data.chips`).
 
-Which reader and which split a domain uses comes from its preset (:data:`pipeline.data.sources.SOURCE_KINDS`,
+Which reader and which split a domain uses comes from its preset (:data:`pipeline.data.source_kinds.SOURCE_KINDS`,
 ``SPLITTERS`` below), never from the domain's name. A corrupt, truncated or unsupported file is rejected with a
 one-line reason in the outcome report and the rest of the folder is still ingested (``ingest.strict`` stops at
 the first one instead). Files are read by ``ingest.workers`` processes and merged in sorted order, so the cache
@@ -27,8 +27,11 @@ from pipeline.data.boxes import write_box_cache
 from pipeline.data.chips import channel_statistics, write_manifest
 from pipeline.data.file_pool import read_in_order
 from pipeline.data.segmentations import FolderLabels
+from pipeline.data.dicom_source import normalise_deferred
+from pipeline.data.phi import PathRedactor, phi_salt
+from pipeline.data.source_kinds import SOURCE_KINDS
 from pipeline.data.sources import (
-    MASK_NODATA, SOURCE_KINDS, FileChips, FileTask, phi_salt, read_class_names, read_file_safely, read_labels_csv,
+    MASK_NODATA, FileChips, FileTask, constant_chips, read_class_names, read_file_safely, read_labels_csv,
     read_mask_classes,
 )
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
@@ -38,6 +41,27 @@ log = logging.getLogger(__name__)
 
 class IngestError(ValueError):
     """``ingest.strict``: the first bad file stops the run; the message is that file's one line."""
+
+
+class IngestFailed(ValueError):
+    """No chip came out of the folder. The message is one line with the most common reasons; ``report`` is the
+    outcome report (every file's reason), for the stage to write all the same."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class FileOutcome:
+    """What one readable file (not rejected, not skipped) gave, for the report."""
+
+    intensity: str = ""
+    modality: str = ""
+    group_by: str = ""
+    dropped_low_valid: int = 0
+    dropped_constant: int = 0
+    no_chip_reason: str = ""
 
 
 @dataclass
@@ -51,29 +75,41 @@ class IngestedChips:
     classes: list[str] = field(default_factory=list)
     masks: list[np.ndarray | None] = field(default_factory=list)
     mask_classes: list[str] = field(default_factory=list)
+    deferred: list[tuple[str, bool]] = field(default_factory=list)  # per chip: (normalisation group, invert)
     rejected: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     labels: list[dict[str, object]] = field(default_factory=list)  # DICOM-SEG / RTSTRUCT used as masks
+    files: dict[str, FileOutcome] = field(default_factory=dict)  # readable files by relative path
+    modalities: dict[str, Counter] = field(default_factory=dict)  # DICOM Modality → outcome → files
+    identifiers: set[str] = field(default_factory=set)  # raw PHI of the folder's files, to redact paths only
     files_seen: int = 0
-    files_ingested: int = 0
-    chips_dropped_low_valid: int = 0
 
     def add(self, result: FileChips) -> None:
         """Merge one file's result; a file whose channels differ from the first file's is rejected."""
+        self.identifiers.update(result.phi)
         if result.images and self.channel_names and result.channel_names != self.channel_names:
-            result = FileChips(result.relative, rejected=f"{result.relative}: channels {result.channel_names} "
-                               f"differ from earlier files {self.channel_names}")
+            result = FileChips(result.relative, modality=result.modality,
+                               rejected=f"{result.relative}: channels {result.channel_names} "
+                                        f"differ from earlier files {self.channel_names}")
         if result.rejected or result.skipped:
             outcome = self.rejected if result.rejected else self.skipped
             outcome.append({"path": result.relative, "reason": result.rejected or result.skipped})
+            self._count_modality(result.modality, "rejected" if result.rejected else "skipped")
             return
-        self.channel_names = self.channel_names or result.channel_names
-        self.files_ingested += 1
+        if result.images:
+            self.channel_names = self.channel_names or result.channel_names
+        self.files[result.relative] = FileOutcome(result.intensity, result.modality, result.group_by,
+                                                  result.dropped_low_valid, result.dropped_constant,
+                                                  result.no_chip_reason)
         self.images += result.images
         self.valid += result.valid
         self.rows += result.rows
         self.masks += result.masks or [None] * len(result.images)
-        self.chips_dropped_low_valid += result.dropped_low_valid
+        self.deferred += [(result.deferred_group, result.invert)] * len(result.images)
+
+    def _count_modality(self, modality: str, outcome: str) -> None:
+        if modality:
+            self.modalities.setdefault(modality, Counter())[outcome] += 1
 
     def add_label_objects(self, found: FolderLabels, strict: bool) -> None:
         """Merge the first pass's outcomes; ``strict`` stops at the first (by path) unusable label object."""
@@ -83,6 +119,43 @@ class IngestedChips:
         self.rejected += found.rejected
         self.skipped += found.skipped
         self.labels += found.used
+
+    def finalise(self, percentiles: tuple[float, float]) -> None:
+        """Map deferred chips (MR series) to [0, 1], drop the constant ones among them, and settle which
+        files gave chips: a readable file that gave none is not *ingested* but has its own reason."""
+        if any(group for group, _ in self.deferred):
+            normalise_deferred(self.images, self.valid, self.deferred, percentiles)
+            flags = constant_chips(self.images, self.valid)
+            constant = [flag and bool(group) for flag, (group, _) in zip(flags, self.deferred)]
+            for index in np.flatnonzero(constant):
+                self.files[str(self.rows[index]["source"])].dropped_constant += 1
+            keep = [not flag for flag in constant]
+            for name in ("images", "valid", "rows", "masks", "deferred"):
+                setattr(self, name, [value for value, kept in zip(getattr(self, name), keep) if kept])
+        chips = Counter(str(row["source"]) for row in self.rows)
+        for relative, outcome in self.files.items():
+            self._count_modality(outcome.modality, "ingested" if chips[relative] else "no_chips")
+
+    def no_chip_files(self) -> list[dict[str, str]]:
+        """One line per readable file that gave no chip, with why."""
+        chips = Counter(str(row["source"]) for row in self.rows)
+        return [{"path": relative, "reason": f"{relative}: {_no_chip_reason(outcome)}"}
+                for relative, outcome in self.files.items() if not chips[relative]]
+
+    def constant_chip_files(self) -> list[dict[str, object]]:
+        """One line per file that lost chips to the constant rule (whether or not others were kept)."""
+        return [{"path": relative, "chips": outcome.dropped_constant,
+                 "reason": f"{relative}: {outcome.dropped_constant} chip(s) constant after {outcome.intensity}"}
+                for relative, outcome in self.files.items() if outcome.dropped_constant]
+
+
+def _no_chip_reason(outcome: FileOutcome) -> str:
+    if outcome.no_chip_reason:
+        return outcome.no_chip_reason
+    parts = [f"{outcome.dropped_constant} constant after {outcome.intensity}"] if outcome.dropped_constant else []
+    if outcome.dropped_low_valid:
+        parts.append(f"{outcome.dropped_low_valid} under min_valid_fraction")
+    return "no chips: " + (", ".join(parts) if parts else "nothing to read")
 
 
 def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False,
@@ -101,8 +174,10 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
     out.add_label_objects(found, strict)
     for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
         if strict and (result.rejected or result.skipped):
-            raise IngestError(result.rejected or result.skipped)
+            redact = PathRedactor(out.identifiers | set(result.phi), salt)
+            raise IngestError(redact.text(result.rejected or result.skipped))
         out.add(result)
+    out.finalise(tuple(cfg.dicom.percentiles))
     out.classes = read_class_names(source, list(labels.values()) + [str(r["label"]) for r in out.rows])
     return out
 
@@ -128,19 +203,27 @@ LEAKAGE_UNITS = {"group": lambda row, cfg: str(row["group"]), "spatial_block": _
 
 
 def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int, out_dir: Path,
-                  workers: int = 1, strict: bool = False, domain: str = "") -> dict:
+                  workers: int = 1, strict: bool = False, domain: str = "", source_label: str | None = None) -> dict:
     """Decode, split, compute train-only statistics and write the chip cache into ``out_dir``.
 
-    Returns the outcome report (also written as ``ingest_report.json``): files seen / ingested / rejected /
-    skipped, one ``{path, reason}`` line per rejected or skipped file, chips kept and dropped, label counts.
-    ``domain`` is named in reasons that point at a config key (``data.<domain>.geotiff.value_range``).
+    Returns the outcome report (also written as ``ingest_report.json``): files seen / ingested / without chips /
+    rejected / skipped, one ``{path, reason}`` line per such file, chips kept and dropped, files per modality and
+    per grouping key, label counts. Paths are redacted where they carry a patient identifier
+    (:class:`~pipeline.data.phi.PathRedactor`). ``domain`` is named in reasons that point at a config key;
+    ``source_label`` is what the report calls the source (default: its path).
+
+    Raises:
+        IngestFailed: no chip at all; its ``report`` holds every file's reason.
     """
     if not source.is_dir():
         raise FileNotFoundError(f"data source {source} is not a folder")
     found = read_folder(source, cfg, preset.reader, workers, strict, domain)
+    redact = PathRedactor(found.identifiers, phi_salt())
+    label = redact.text(str(source if source_label is None else source_label))
     if not found.images:
-        raise ValueError(f"{source}: no readable {preset.reader} images "
-                         f"({len(found.rejected)} rejected, {len(found.skipped)} skipped of {found.files_seen} files)")
+        report = {"source": label, **outcome_report(found, 0, 0, {}, redact)}
+        raise IngestFailed(f"{label}: no chips from {found.files_seen} {preset.reader} files "
+                           f"({summarise_reasons(report)})", report)
     splits = SPLITTERS[preset.split](found.rows, cfg, seed)
     keep = [i for i, split in enumerate(splits) if split != "buffer"]
     rows = [{**found.rows[i], "split": str(splits[i]), "chip_id": n} for n, i in enumerate(keep)]
@@ -151,17 +234,17 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     mean, std = channel_statistics(images[train], valid[train])
     np.save(out_dir / "chips.npy", images)
     np.save(out_dir / "valid.npy", valid)
-    write_manifest(out_dir / "manifest.csv", rows)
+    write_box_cache(out_dir, rows, source, cfg.chip_size)  # COCO boxes.json of the source (real paths), if any
+    write_manifest(out_dir / "manifest.csv", [{**row, "source": redact.path(str(row["source"]))} for row in rows])
     mask_classes = _write_masks(out_dir, [found.masks[i] for i in keep], cfg.chip_size, found.mask_classes)
-    write_box_cache(out_dir, rows, source, cfg.chip_size)  # COCO boxes.json of the source, if any
     counts = {split: dict(sorted(Counter(r["label"] or "<unlabelled>" for r in rows if r["split"] == split).items()))
               for split in ("train", "val", "test")}
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,
              "chip_size": cfg.chip_size, "counts": counts, "mask_classes": mask_classes, "statistics_from": "train split, 2-98 % clipped"}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    report = outcome_report(found, len(rows), len(splits) - len(keep), counts)
+    report = {"source": label, **outcome_report(found, len(rows), len(splits) - len(keep), counts, redact)}
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("ingested %d chips from %s: %s", len(rows), source, report["files"])
+    log.info("ingested %d chips from %s: %s", len(rows), label, report["files"])
     return report
 
 
@@ -175,16 +258,53 @@ def _write_masks(out_dir: Path, masks: list[np.ndarray | None], size: int,
     return mask_classes
 
 
-def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict) -> dict:
-    """Counts of every outcome (seen = ingested + rejected + skipped + labels), then one line per file that
-    gave no chips and why, and one entry per segmentation object used as labels."""
-    return {
-        "files": {"seen": found.files_seen, "ingested": found.files_ingested, "rejected": len(found.rejected),
-                  "skipped": len(found.skipped), "labels": len(found.labels)},
-        "chips": {"kept": chips, "dropped_low_valid_fraction": found.chips_dropped_low_valid,
+def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict,
+                   redact: PathRedactor) -> dict:
+    """Counts of every outcome (seen = ingested + no_chips + rejected + skipped + labels), then one line per file
+    that gave no chips and why, per file that lost chips as constant, and one entry per segmentation object
+    used as labels; DICOM folders also count files per modality and outcome, and per grouping key."""
+    no_chips = found.no_chip_files()
+    ingested = {relative: outcome for relative, outcome in found.files.items()
+                if relative not in {line["path"] for line in no_chips}}
+    report = {
+        "files": {"seen": found.files_seen, "ingested": len(ingested), "no_chips": len(no_chips),
+                  "rejected": len(found.rejected), "skipped": len(found.skipped), "labels": len(found.labels)},
+        "chips": {"kept": chips, "dropped_low_valid_fraction": sum(o.dropped_low_valid for o in found.files.values()),
+                  "dropped_constant": sum(o.dropped_constant for o in found.files.values()),
                   "dropped_split_buffer": buffer_dropped},
-        "rejected": found.rejected,
-        "skipped": found.skipped,
-        "labels": found.labels,
+        "no_chips": _redacted(no_chips, redact),
+        "constant_chips": _redacted(found.constant_chip_files(), redact),
+        "rejected": _redacted(found.rejected, redact),
+        "skipped": _redacted(found.skipped, redact),
+        "labels": _redacted(found.labels, redact),
         "counts": counts,
+        "intensity": dict(sorted(Counter(o.intensity for o in ingested.values() if o.intensity).items())),
     }
+    if found.modalities:
+        report["modalities"] = {m: dict(sorted(c.items())) for m, c in sorted(found.modalities.items())}
+    grouped = Counter(o.group_by for o in ingested.values() if o.group_by)
+    if grouped:
+        report["grouped_by"] = {key: grouped[key] for key in ("patient", "study", "series", "file") if grouped[key]}
+    return report
+
+
+def _redacted(entries: list[dict], redact: PathRedactor) -> list[dict]:
+    """Report lines with every path (and any identifier in a reason) redacted."""
+    return [{key: redact.text(value) if isinstance(value, str) else value for key, value in entry.items()}
+            for entry in entries]
+
+
+def summarise_reasons(report: dict, limit: int = 3) -> str:
+    """``12 rejected, 3 skipped of 15 files; most common: 10 x <reason> (first: <path>); …``: one line."""
+    files = report["files"]
+    lines = report["rejected"] + report["skipped"] + report["no_chips"]
+    causes: Counter = Counter()
+    first: dict[str, str] = {}
+    for line in lines:
+        cause = line["reason"].removeprefix(f"{line['path']}: ")
+        causes[cause] += 1
+        first.setdefault(cause, line["path"])
+    outcome = ", ".join(f"{files[key]} {key.replace('_', ' ')}" for key in ("rejected", "skipped", "no_chips")
+                        if files[key])
+    common = "; ".join(f"{count} x {cause} (first: {first[cause]})" for cause, count in causes.most_common(limit))
+    return f"{outcome or 'nothing read'}; most common: {common}" if common else outcome or "no files found"

@@ -45,7 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.chips import MASK_IGNORE
+from pipeline.data.phi import PathRedactor, phi_salt
 from pipeline.io import UnreadableImageError
+from pipeline.io.dicom import PHI_KEYWORDS
 from pipeline.io.dicom_files import frame_count, one_line, read_dataset, segmentation_kind
 from pipeline.io.dicom_rtstruct import ImagePlane, image_plane, read_rtstruct_layers
 from pipeline.io.dicom_seg import (
@@ -127,8 +129,9 @@ def index_images(paths: list[Path], source: Path, with_planes: bool = False) -> 
         except (UnreadableImageError, AttributeError, TypeError, ValueError):  # no image header: not ours
             continue
         if uid in index:
+            redact = PathRedactor([str(ds.get(k, "") or "") for k in PHI_KEYWORDS], phi_salt())
             log.warning("%s: same SOP Instance UID as %s; segmentations label the first only",
-                        path.relative_to(source), index[uid].relative)
+                        redact.path(path.relative_to(source).as_posix()), redact.path(index[uid].relative))
         elif uid:
             planes = {n: image_plane(ds, n - 1) for n in range(1, frames + 1)} if with_planes else {}
             index[uid] = ImageEntry(path, path.relative_to(source).as_posix(), shape, frames, planes)
@@ -252,6 +255,6 @@ def _used_entry(item: _Used, names: list[str]) -> dict[str, object]:
 def _log_replaced_png_masks(source: Path, frame_masks: dict[Path, dict[int, np.ndarray]]) -> None:
     both = [path.relative_to(source) for path in frame_masks
             if (source / "masks" / path.relative_to(source).with_suffix(".png")).exists()]
-    if both:
-        log.warning("%d images labelled by DICOM-SEG / RTSTRUCT also have a PNG mask under masks/ "
-                    "(first: %s): the DICOM masks are used", len(both), both[0])
+    if both:  # no path: a folder may be named after its patient (pipeline.data.phi)
+        log.warning("%d images labelled by DICOM-SEG / RTSTRUCT also have a PNG mask under masks/: "
+                    "the DICOM masks are used", len(both))

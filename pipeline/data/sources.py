@@ -1,17 +1,16 @@
 """One source file → its chips, or the one-line reason it was rejected or skipped.
 
-Each kind of folder (DICOM, GeoTIFF, plain images) is a :class:`SourceKind` row in :data:`SOURCE_KINDS`:
-how to list its files, how to read one and (DICOM) which files are label objects for the others. Reading a
-file is a top-level function of one picklable :class:`FileTask`, so ingest can hand files to worker processes
+The parts every reader shares (the picklable :class:`FileTask` and :class:`FileChips`, labels and classes, chip
+resizing, masks, the constant-chip rule) and the GeoTIFF and plain-image readers; DICOM is
+:mod:`pipeline.data.dicom_source`, and :mod:`pipeline.data.source_kinds` lists which reader a preset uses.
+Reading a file is a top-level function of one :class:`FileTask`, so ingest can hand files to worker processes
 and still merge results in a fixed order.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,13 @@ from pipeline.config import DomainDataConfig
 from pipeline.data.scenes import (
     GDAL_CACHE_BYTES, list_scenes, open_chip_labels, open_scene, to_unit_range, value_range,
 )
-from pipeline.data.segmentations import FolderLabels, find_dicom_labels
+from pipeline.data.phi import DEFAULT_SALT, phi_salt, pseudonymise  # noqa: F401  (re-exported)
 from pipeline.io import UnreadableImageError
-from pipeline.io.dicom import GREYSCALE, HUWindow, NotAnImageError, is_dicom_file, iter_dicom_frames, window_stack
+from pipeline.io.dicom_files import NotAnImageError
 
 MASK_NODATA = 255
-DEFAULT_SALT = "ssl-domain-transfer/v1"
+CONSTANT_SPREAD = 1e-3  # 1st–99th percentile spread in [0, 1] under which a chip channel is constant
+CONSTANT_SAMPLES = 256  # valid pixels per channel the constant rule looks at (a regular subsample)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 SIDE_FILES = {".csv", ".json", ".md", ".txt", ".geojson"}
 
@@ -64,17 +64,57 @@ class FileChips:
     rejected: str = ""  # corrupt, truncated, unsupported: a problem the user should look at
     skipped: str = ""  # readable but not an image to train on (e.g. a structured report)
     dropped_low_valid: int = 0  # chips under the configured valid fraction
+    dropped_constant: int = 0  # chips whose valid pixels are constant after the intensity mapping
     spilled: str = ""  # images / valid moved to files by a helper process (pipeline.data.file_pool)
+    intensity: str = ""  # how values became channels, e.g. "HU windows L40/W400, …" (reasons, report counts)
+    modality: str = ""  # DICOM Modality of the file ("" for other readers, or when unreadable)
+    group_by: str = ""  # DICOM: which key grouped the file (patient, study, series, file)
+    phi: tuple[str, ...] = ()  # raw patient identifiers of the file, only to redact paths; never written
+    no_chip_reason: str = ""  # a reader's own reason when a readable file gives no chip (scene too small)
+    # chips still in modality units, to be mapped to [0, 1] over all chips of this (hashed) group, e.g. an MR
+    # series (pipeline.data.dicom_source.normalise_deferred); "" = already in [0, 1]
+    deferred_group: str = ""
+    invert: bool = False  # MONOCHROME1, for deferred chips: inverted once mapped
+
+    def keep_chips(self, keep: list[bool]) -> None:
+        """Drop the chips (with their rows and masks) where ``keep`` is False."""
+        for name in ("images", "valid", "rows", "masks"):
+            values = getattr(self, name)
+            if len(values) == len(keep):
+                setattr(self, name, [value for value, kept in zip(values, keep) if kept])
+
+    def drop_constant_chips(self) -> None:
+        """Apply the constant-chip rule (:func:`constant_chips`) and count what it dropped."""
+        constant = constant_chips(self.images, self.valid)
+        if any(constant):
+            self.dropped_constant += sum(constant)
+            self.keep_chips([not flag for flag in constant])
 
 
-def pseudonymise(key: str, salt: str) -> str:
-    """Salted SHA-256 of a patient / study key; the raw value never leaves this function."""
-    return hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()[:16]
+def constant_chips(images: list[np.ndarray], valid: list[np.ndarray]) -> list[bool]:
+    """True for each chip whose valid pixels are (near-)constant in every channel after normalisation.
 
-
-def phi_salt() -> str:
-    """Sites set PIPELINE_PHI_SALT so their hashes cannot be reversed by hashing known IDs."""
-    return os.environ.get("PIPELINE_PHI_SALT", DEFAULT_SALT)
+    A blank radiograph (every pixel below the window), a saturated one, or a SAR scene mapped with the wrong
+    range carries no signal; trained on, it teaches SimCLR that blank matches blank. "Near-constant": the spread
+    between the 1st and 99th percentile of every channel's valid pixels is under :data:`CONSTANT_SPREAD` (a
+    thousandth of the [0, 1] range), so a few hot pixels or a thin edge do not rescue a blank chip. The
+    percentiles are taken on a regular subsample of at most :data:`CONSTANT_SAMPLES` valid pixels per channel
+    (exact percentiles of every pixel cost 15 % of a CT ingest); a chip without valid pixels counts as constant.
+    """
+    flags = []
+    for image, mask in zip(images, valid):
+        pixels = np.asarray(image).reshape(image.shape[0], -1)
+        if not mask.all():
+            pixels = pixels[:, np.asarray(mask).reshape(-1)]
+        count = pixels.shape[1]
+        if count == 0:
+            flags.append(True)
+            continue
+        pixels = pixels[:, ::max(1, count // CONSTANT_SAMPLES)]
+        low, high = int(0.01 * (pixels.shape[1] - 1)), int(np.ceil(0.99 * (pixels.shape[1] - 1)))
+        ordered = np.partition(pixels, (low, high), axis=1)
+        flags.append(bool((ordered[:, high] - ordered[:, low]).max() < CONSTANT_SPREAD))
+    return flags
 
 
 def read_labels_csv(source: Path) -> dict[str, str]:
@@ -99,37 +139,64 @@ def read_mask_classes(source: Path) -> list[str]:
 def read_class_names(source: Path, labels: list[str]) -> list[str]:
     """Class order from ``classes.json`` (``image_classes``) when present, else sorted label names."""
     path = source / "classes.json"
-    if path.exists():
-        return list(json.loads(path.read_text())["image_classes"])
-    return sorted({label for label in labels if label})
+    named = json.loads(path.read_text()).get("image_classes") if path.exists() else None
+    if named is not None:
+        return list(named)
+    return sorted({label for label in labels if label})  # also when classes.json names only mask classes
 
 
-def resize_chip(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(C, H, W) → (C, size, size) by area averaging; the valid mask by nearest neighbour."""
-    if channels.shape[1:] == (size, size):
+def resize_chip(channels: np.ndarray, valid: np.ndarray, size: int,
+                height: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) → (C, height or size, size) by area averaging; the valid mask by nearest neighbour."""
+    height = size if height is None else height
+    if channels.shape[1:] == (height, size):
         return channels, valid
     if channels.shape[0] == 1:  # one plane (CT, X-ray): no channel-last copy
-        chw = cv2.resize(channels[0], (size, size), interpolation=cv2.INTER_AREA)[None]
+        chw = cv2.resize(channels[0], (size, height), interpolation=cv2.INTER_AREA)[None]
     else:
-        hwc = cv2.resize(np.moveaxis(channels, 0, -1), (size, size), interpolation=cv2.INTER_AREA)
-        chw = np.moveaxis(hwc.reshape(size, size, -1), -1, 0)
+        hwc = cv2.resize(np.moveaxis(channels, 0, -1), (size, height), interpolation=cv2.INTER_AREA)
+        chw = np.moveaxis(hwc.reshape(height, size, -1), -1, 0)
     if valid.all():  # no padding: the common case, cheaper than resizing a mask of ones
-        mask = np.ones((size, size), bool)
+        mask = np.ones((height, size), bool)
     else:
-        mask = cv2.resize(np.ascontiguousarray(valid).view(np.uint8), (size, size),
+        mask = cv2.resize(np.ascontiguousarray(valid).view(np.uint8), (size, height),
                           interpolation=cv2.INTER_NEAREST).astype(bool)
     return np.ascontiguousarray(chw, dtype=np.float32), mask
 
 
+def letterbox_chip(channels: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) → (C, size, size) keeping the aspect ratio: the longer side becomes ``size``, the image is
+    centred, and the padding is 0 and invalid. A square image is exactly :func:`resize_chip`.
+
+    Radiographs, mammograms and ultrasound frames are not square; stretching them would change every
+    anatomical proportion the network could learn from."""
+    height, width = channels.shape[1:]
+    if height == width:
+        return resize_chip(channels, valid, size)
+    scale = size / max(height, width)
+    inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    inner, inner_valid = resize_chip(channels, valid, inner_w, height=inner_h)
+    top, left = (size - inner_h) // 2, (size - inner_w) // 2
+    out = np.zeros((channels.shape[0], size, size), np.float32)
+    mask = np.zeros((size, size), bool)
+    out[:, top:top + inner_h, left:left + inner_w] = inner
+    mask[top:top + inner_h, left:left + inner_w] = inner_valid
+    return out, mask
+
+
 def read_file_safely(reader: Callable[[FileTask], FileChips], task: FileTask) -> FileChips:
     """Run one reader: a non-image object (SR, SEG, DICOMDIR …) is skipped, an unreadable file rejected,
-    both with a one-line reason whose path is relative to the source."""
+    both with a one-line reason whose path is relative to the source; constant chips are dropped
+    (:func:`constant_chips`), except deferred ones, which are checked once their group is mapped."""
     try:
-        return reader(task)
+        chips = reader(task)
     except NotAnImageError as error:  # a subclass of UnreadableImageError: catch it first
         return FileChips(task.relative, skipped=_relative_reason(error, task))
     except UnreadableImageError as error:
         return FileChips(task.relative, rejected=_relative_reason(error, task))
+    if not chips.deferred_group:
+        chips.drop_constant_chips()
+    return chips
 
 
 def _relative_reason(error: Exception, task: FileTask) -> str:
@@ -137,76 +204,29 @@ def _relative_reason(error: Exception, task: FileTask) -> str:
     return str(error).replace(str(task.path), task.relative).replace(f"{task.source}/", "")
 
 
-# --- DICOM -------------------------------------------------------------------------------------------
-
-def list_dicom_files(source: Path) -> list[Path]:
-    """Every file whose content is DICOM, whatever its extension (PACS exports often have none)."""
-    return [p for p in sorted(source.rglob("*")) if p.is_file() and p.suffix.lower() not in SIDE_FILES
-            and p.suffix.lower() != ".png" and is_dicom_file(p)]
-
-
-def dicom_channel_names(cfg: DomainDataConfig) -> list[str]:
-    return [f"window_c{w.center:g}_w{w.width:g}" for w in cfg.dicom.hu_windows]
-
-
-def read_dicom_file(task: FileTask) -> FileChips:
-    """One chip per frame: modality LUT → resized to ``chip_size`` in HU → HU windows as channels.
-
-    Resizing comes before windowing: area-averaging HU values is physically meaningful (the mean
-    attenuation of the larger pixel), the windows then map HU to display values exactly as for a native
-    low-resolution scan, and the windows run on 64² instead of 512² pixels (3 × less work per window).
-
-    Multi-frame and enhanced multi-frame objects give one chip per frame (each with its own rescale); a
-    colour frame (secondary capture, screenshot) has no HU values to window and is skipped with a reason.
-    Masks: see :func:`dicom_frame_mask`.
-    """
-    windows = [HUWindow(w.center, w.width) for w in task.cfg.dicom.hu_windows]
-    out = FileChips(task.relative, channel_names=dicom_channel_names(task.cfg))
-    for image in iter_dicom_frames(task.path):
-        if image.source_photometric and image.source_photometric not in GREYSCALE:
-            raise NotAnImageError(f"{task.path}: colour image ({image.source_photometric}): HU windows do not "
-                                  "apply, skipped")
-        values, valid = resize_chip(image.values[None].astype(np.float32, copy=False), image.valid,
-                                    task.cfg.chip_size)
-        out.images.append(window_stack(values[0], windows, invert=image.needs_inversion))
-        out.valid.append(valid)
-        out.rows.append({"source": task.relative, "frame": image.frame_index,
-                         "group": pseudonymise(image.patient_key, task.salt), "label": task.labels.get(task.relative, "")})
-        out.masks.append(dicom_frame_mask(task, image.frame_index, image.values.shape, valid))
-    return out
-
-
-def dicom_frame_mask(task: FileTask, frame_index: int, shape: tuple[int, ...],
-                     valid: np.ndarray) -> np.ndarray | None:
-    """The chip mask of one frame: from DICOM-SEG / RTSTRUCT when one references the file (they replace a PNG,
-    see :mod:`pipeline.data.segmentations`), else from ``masks/<file>.png`` for the first frame, else None."""
-    size = task.cfg.chip_size
-    if task.frame_masks is None:
-        png = task.source / "masks" / Path(task.relative).with_suffix(".png")
-        return read_raster_mask(png, size, valid) if frame_index == 0 else None
-    mask = task.frame_masks.get(frame_index + 1)
-    if mask is None:
-        return chip_mask(np.zeros(shape, np.uint8), size, valid)
-    if mask.shape != tuple(shape):
-        raise UnreadableImageError(f"{task.path}: frame {frame_index + 1} is {shape[0]}x{shape[1]} pixels, "
-                                   f"its segmentation mask {mask.shape[0]}x{mask.shape[1]}")
-    return chip_mask(mask, size, valid)
-
-
-def read_raster_mask(path: Path, size: int, valid: np.ndarray) -> np.ndarray | None:
+def read_raster_mask(path: Path, size: int, valid: np.ndarray, keep_aspect: bool = False) -> np.ndarray | None:
     """A class-id image (PNG / TIFF, same pixel grid as its image) → (size, size) uint8, 255 where invalid."""
     if not path.exists():
         return None
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if raw is None or raw.ndim != 2:
         raise UnreadableImageError(f"{path}: a mask must be a single-channel class-id image")
-    return chip_mask(raw, size, valid)
+    return chip_mask(raw, size, valid, keep_aspect)
 
 
-def chip_mask(class_ids: np.ndarray, size: int, valid: np.ndarray) -> np.ndarray:
+def chip_mask(class_ids: np.ndarray, size: int, valid: np.ndarray, keep_aspect: bool = False) -> np.ndarray:
     """(H, W) class ids on the image grid → (size, size) uint8 by nearest neighbour (ids are not averaged),
-    ``MASK_NODATA`` where the chip's ``valid`` mask is False."""
-    mask = cv2.resize(class_ids.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    ``MASK_NODATA`` where the chip's ``valid`` mask is False; ``keep_aspect`` places it as
+    :func:`letterbox_chip` places its image."""
+    height, width = class_ids.shape
+    inner_h, inner_w = size, size
+    if keep_aspect and height != width:
+        scale = size / max(height, width)
+        inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
+    mask = np.full((size, size), MASK_NODATA, np.uint8)
+    top, left = (size - inner_h) // 2, (size - inner_w) // 2
+    mask[top:top + inner_h, left:left + inner_w] = cv2.resize(class_ids.astype(np.uint8), (inner_w, inner_h),
+                                                              interpolation=cv2.INTER_NEAREST)
     return np.where(valid, mask, MASK_NODATA).astype(np.uint8)
 
 
@@ -229,7 +249,11 @@ def read_geotiff_file(task: FileTask) -> FileChips:
         scene = open_scene(task.path, task.cfg.geotiff.bands, f"{key}.bands")
         low, high = value_range(scene, task.cfg.geotiff.value_range, f"{key}.value_range")
         labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
-        out = FileChips(task.relative, channel_names=list(scene.channel_names))
+        out = FileChips(task.relative, channel_names=list(scene.channel_names),
+                        intensity=f"value range [{low:g}, {high:g}] -> [0, 1]")
+        if min(scene.grid.width, scene.grid.height) < task.cfg.chip_size:
+            out.no_chip_reason = (f"the {scene.grid.width}x{scene.grid.height} scene is smaller than chip_size "
+                                  f"{task.cfg.chip_size}")
         for chip in scene.read_chips(task.cfg.chip_size):
             if chip.valid_fraction < task.cfg.geotiff.min_valid_fraction:
                 out.dropped_low_valid += 1
@@ -280,7 +304,8 @@ def read_image_file(task: FileTask) -> FileChips:
         label = Path(task.relative).parent.name
     row = {"source": task.relative, "group": task.relative, "label": label}
     mask = read_raster_mask(task.source / "masks" / Path(task.relative).with_suffix(".png"), task.cfg.chip_size, valid)
-    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(task.cfg.image.channels), [mask])
+    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(task.cfg.image.channels), [mask],
+                     intensity=f"{raw.dtype} samples -> [0, 1]")
 
 
 def _unit_range(raw: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -305,23 +330,3 @@ def _match_channels(values: np.ndarray, channels: int) -> np.ndarray:
     if channels == 3:
         return np.repeat(values[..., :1], 3, axis=-1)
     return (values @ np.array([0.299, 0.587, 0.114], dtype=np.float32))[..., None]
-
-
-@dataclass(frozen=True)
-class SourceKind:
-    """How one kind of source folder is listed and read (a preset's ``reader`` names a row).
-
-    ``find_labels`` (optional) runs once over the listed files before any is read: it sets label objects
-    apart from images and gives each image its masks (``(source, files, mask_classes) → FolderLabels``).
-    """
-
-    list_files: Callable[[Path], list[Path]]
-    read_file: Callable[[FileTask], FileChips]
-    find_labels: Callable[[Path, list[Path], list[str]], FolderLabels] | None = None
-
-
-SOURCE_KINDS: dict[str, SourceKind] = {
-    "dicom": SourceKind(list_dicom_files, read_dicom_file, find_dicom_labels),
-    "geotiff": SourceKind(list_geotiff_files, read_geotiff_file),
-    "image": SourceKind(list_image_files, read_image_file),
-}

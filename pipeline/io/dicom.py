@@ -63,14 +63,15 @@ from pipeline.io.dicom_files import (
     NotAnImageError, SegmentationObjectError, check_image_object, frame_count, is_dicom_file, read_dataset,
 )
 from pipeline.io.dicom_header import PlainHeader, read_plain_header
+from pipeline.io.dicom_mosaic import split_mosaic
 from pipeline.io.dicom_pixels import (
-    GREYSCALE, check_photometric, decode_frames, frame_pixel_spacing, frame_values, native_frames, padding_mask,
-    photometric_of,
+    GREYSCALE, check_photometric, decode_frames, frame_pixel_spacing, frame_rgb, frame_values, native_frames,
+    padding_mask, photometric_of, stored_sample_max,
 )
 from pipeline.io.dicom_seg import SegmentationFrame, SegmentationReference, read_segmentation_reference
 
 __all__ = [
-    "GREYSCALE", "DicomImage", "HUWindow", "NotAnImageError", "SegmentationFrame", "SegmentationObjectError",
+    "GREYSCALE", "DicomHeader", "DicomImage", "open_dicom", "group_key", "HUWindow", "NotAnImageError", "SegmentationFrame", "SegmentationObjectError",
     "SegmentationReference",
     "is_dicom_file", "iter_dicom_frames", "padding_mask", "percentile_window", "read_dicom",
     "read_dicom_frames", "read_segmentation_reference", "window_stack",
@@ -97,26 +98,40 @@ class HUWindow:
                              f"got {self.center}/{self.width}")
 
 
+GROUP_KEYS = (("PatientID", "patient"), ("PatientName", "patient"), ("StudyInstanceUID", "study"),
+              ("SeriesInstanceUID", "series"))
+"""Keys an image is grouped by for the patient split, strongest first; without any, the file is its own group."""
+PHI_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber")
+"""Identifiers that exports also write into file and folder names (``DOE^JANE_1234567/IM0001``)."""
+
+
 @dataclass(frozen=True)
 class DicomImage:
-    """One decoded greyscale image: a single-frame file, or one frame of a multi-frame file.
+    """One decoded image: a single-frame file, one frame of a multi-frame file, or one tile of a MOSAIC.
 
     Attributes:
         values: (H, W) float32 after the modality LUT (HU for CT), *not* inverted for MONOCHROME1 and not
-            windowed; for a colour file, its BT.601 luminance (see the module docstring).
+            windowed; for a colour file, its BT.601 luminance (see the module docstring), or with
+            ``keep_colour`` its (H, W, 3) RGB samples.
         valid: (H, W) bool, False at PixelPaddingValue pixels (or inside the padding range when
             PixelPaddingRangeLimit is present).
-        photometric: ``MONOCHROME1`` or ``MONOCHROME2`` (colour files: ``MONOCHROME2``, as luminance).
+        photometric: ``MONOCHROME1`` or ``MONOCHROME2`` (colour files: ``MONOCHROME2``, as luminance; ``RGB``
+            when the colour was kept).
         modality: Modality (``CT``, ``CR``, ``MR`` …), ``""`` when absent.
-        patient_key: raw PatientID, else PatientName, else StudyInstanceUID. PHI: the caller hashes it and
-            must never log or write it.
+        patient_key: the raw value of the strongest grouping key present (:data:`GROUP_KEYS`), ``""`` when the
+            file has none. PHI: the caller hashes it and must never log or write it.
         study_key: raw StudyInstanceUID, ``""`` when absent (PHI-adjacent: hash before writing).
         pixel_spacing_mm: (row, column) spacing in mm from the frame's Pixel Measures functional group, else
             PixelSpacing, else ImagerPixelSpacing (detector plane, for projection X-ray), else None.
         sop_instance_uid: SOPInstanceUID of the file, to match DICOM-SEG / RTSTRUCT references
             (:class:`SegmentationReference`); ``""`` when absent. PHI-adjacent: never log it.
-        frame_index: 0-based frame of a multi-frame file (DICOM frame numbers are ``frame_index + 1``).
+        frame_index: 0-based frame of a multi-frame file (DICOM frame numbers are ``frame_index + 1``); for a
+            MOSAIC, the 0-based slice (tile) of the mosaic.
         source_photometric: the file's PhotometricInterpretation before any colour → luminance conversion.
+        group_by: which key ``patient_key`` is: ``patient``, ``study``, ``series`` or ``file`` (none present).
+        series_key: raw SeriesInstanceUID, ``""`` when absent (MR intensities are normalised per series).
+        sample_max: with ``keep_colour``, the largest value the decoded samples can take (``2**BitsStored - 1``,
+            a palette's entry depth) when ``values`` are stored samples without a rescale; else None.
     """
 
     values: np.ndarray
@@ -129,11 +144,82 @@ class DicomImage:
     sop_instance_uid: str = ""
     frame_index: int = 0
     source_photometric: str = ""
+    group_by: str = "patient"
+    series_key: str = ""
+    sample_max: float | None = None
 
     @property
     def needs_inversion(self) -> bool:
         """True for MONOCHROME1: pass it as ``invert`` to the windowing functions."""
         return self.photometric == "MONOCHROME1"
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """An image object whose header has been read and checked, before any pixel is decoded.
+
+    Ingest decides from this whether its preset reads the file (modality, colour) before paying for the decode.
+
+    Attributes:
+        path: the file.
+        dataset: pydicom's dataset, or the plain header of :mod:`pipeline.io.dicom_header`.
+        modality: Modality, upper case, ``""`` when absent.
+        photometric: the file's PhotometricInterpretation.
+        image_type: ImageType values, upper case (``MOSAIC`` marks a Siemens mosaic of slices).
+        phi: raw PatientName / PatientID / AccessionNumber values present. PHI: only for redacting paths,
+            never written.
+    """
+
+    path: Path
+    dataset: Dataset | PlainHeader
+    modality: str
+    photometric: str
+    image_type: tuple[str, ...]
+    phi: tuple[str, ...]
+
+    @property
+    def is_colour(self) -> bool:
+        return self.photometric not in GREYSCALE
+
+    @property
+    def is_mosaic(self) -> bool:
+        return "MOSAIC" in self.image_type
+
+    def images(self, keep_colour: bool = False) -> Iterator[DicomImage]:
+        """Decoded frames (MOSAIC: slices) one at a time; colour as RGB when ``keep_colour``, else luminance."""
+        frames = _images(self.dataset, self.path, keep_colour)
+        return (tile for image in frames for tile in split_mosaic(image, self.dataset, self.path)) \
+            if self.is_mosaic else frames
+
+
+def open_dicom(path: Path, fast_header: bool = True) -> DicomHeader:
+    """Read and check the header of a DICOM image file; the pixels are decoded later by ``images()``.
+
+    Args:
+        path: the file.
+        fast_header: read a plain uncompressed greyscale file with :mod:`pipeline.io.dicom_header` (~3× faster
+            than ``dcmread``; it answers only the attributes CT ingest needs). False: always pydicom.
+
+    Raises:
+        NotAnImageError: a valid DICOM object that is not an image: skip it.
+        UnreadableImageError: not DICOM, truncated, unsupported photometric interpretation. One line naming
+            the file.
+    """
+    path = Path(path)
+    ds = _read_image_dataset(path) if fast_header else read_dataset(path)
+    check_image_object(ds, path)
+    photometric = check_photometric(ds, path)
+    frame_count(ds, path)
+    image_type = tuple(str(v).strip().upper() for v in _values(ds.get("ImageType")))
+    phi = tuple(v for v in (str(ds.get(k, "") or "").strip() for k in PHI_KEYWORDS) if v)
+    return DicomHeader(path, ds, str(ds.get("Modality", "") or "").strip().upper(), photometric, image_type, phi)
+
+
+def _values(value: object) -> list[object]:
+    """A DICOM value of multiplicity 1-n as a list (pydicom gives a single value or a MultiValue)."""
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def read_dicom(path: Path) -> DicomImage:
@@ -150,8 +236,8 @@ def read_dicom(path: Path) -> DicomImage:
 
     Raises:
         NotAnImageError: a valid DICOM object that is not an image (SR, RT dose, SEG, DICOMDIR …).
-        UnreadableImageError: not DICOM, truncated, undecodable transfer syntax, colour or multi-frame image,
-            or no key to group the image by patient. The message names the file.
+        UnreadableImageError: not DICOM, truncated, undecodable transfer syntax, colour or multi-frame image.
+            The message names the file.
     """
     path = Path(path)
     ds = read_dataset(path)
@@ -177,8 +263,8 @@ def read_dicom_frames(path: Path) -> list[DicomImage]:
     Raises:
         NotAnImageError: a valid DICOM object that is not an image (SR, RT plan/dose, PR, KO, SEG, RTSTRUCT,
             DICOMDIR …): skip it.
-        UnreadableImageError: not DICOM, truncated, undecodable, unsupported photometric interpretation, or no
-            key to group the image by patient. The message is one line and names the file.
+        UnreadableImageError: not DICOM, truncated, undecodable, or an unsupported photometric interpretation.
+            The message is one line and names the file.
     """
     return list(iter_dicom_frames(path))
 
@@ -187,15 +273,10 @@ def iter_dicom_frames(path: Path) -> Iterator[DicomImage]:
     """:func:`read_dicom_frames` decoded one frame at a time, for large multi-frame files (tomosynthesis).
 
     Only one decoded frame is held at a time (the file's encoded bytes are read once). The file is checked
-    (readable, an image, supported photometric, patient key) when this is called; a decoding error of a later
-    frame is raised while iterating.
+    (readable, an image, supported photometric) when this is called; a decoding error of a later frame is
+    raised while iterating.
     """
-    path = Path(path)
-    ds = _read_image_dataset(path)
-    check_image_object(ds, path)
-    check_photometric(ds, path)
-    frame_count(ds, path)
-    return _images(ds, path)
+    return open_dicom(path).images()
 
 
 def _read_image_dataset(path: Path) -> Dataset | PlainHeader:
@@ -207,24 +288,35 @@ def _read_image_dataset(path: Path) -> Dataset | PlainHeader:
     return read_dataset(path)
 
 
-def _images(ds: Dataset, path: Path) -> Iterator[DicomImage]:
-    """Decoded frames as :class:`DicomImage`; the identity keys are checked before any decoding."""
-    keys = {"modality": str(ds.get("Modality", "") or ""), "patient_key": _patient_key(ds, path),
-            "study_key": str(ds.get("StudyInstanceUID", "") or ""),
+def _images(ds: Dataset, path: Path, keep_colour: bool = False) -> Iterator[DicomImage]:
+    """Decoded frames as :class:`DicomImage`; the identity keys are read before any decoding."""
+    patient_key, group_by = group_key(ds)
+    keys = {"modality": str(ds.get("Modality", "") or "").strip().upper(), "patient_key": patient_key,
+            "group_by": group_by, "study_key": str(ds.get("StudyInstanceUID", "") or ""),
+            "series_key": str(ds.get("SeriesInstanceUID", "") or ""),
             "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ""),
             "source_photometric": photometric_of(ds)}
-    photometric = keys["source_photometric"] if keys["source_photometric"] in GREYSCALE else "MONOCHROME2"
-    return (DicomImage(*frame_values(stored, ds, index, path), photometric=photometric, frame_index=index,
-                       pixel_spacing_mm=frame_pixel_spacing(ds, index), **keys)
+    colour = keys["source_photometric"] not in GREYSCALE
+    photometric = keys["source_photometric"] if not colour else "RGB" if keep_colour else "MONOCHROME2"
+    values = frame_rgb if colour and keep_colour else frame_values
+    sample_max = stored_sample_max(ds) if keep_colour else None  # only colour scaling uses it
+    return (DicomImage(*values(stored, ds, index, path), photometric=photometric, frame_index=index,
+                       pixel_spacing_mm=frame_pixel_spacing(ds, index), sample_max=sample_max, **keys)
             for index, stored in enumerate(decode_frames(ds, path)))
 
 
-def _patient_key(ds: Dataset, path: Path) -> str:
-    for keyword in ("PatientID", "PatientName", "StudyInstanceUID"):
+def group_key(ds: Dataset) -> tuple[str, str]:
+    """(raw value, kind) of the strongest key of :data:`GROUP_KEYS` present; ``("", "file")`` without any.
+
+    A file without patient identifiers (anonymised test data, some secondary captures) is still an image:
+    it is grouped by study, series or, failing those, on its own, and ingest counts how many were, since a
+    patient split cannot be guaranteed for them.
+    """
+    for keyword, kind in GROUP_KEYS:
         value = str(ds.get(keyword, "") or "").strip()
         if value:
-            return value
-    raise UnreadableImageError(f"{path}: no PatientID, PatientName or StudyInstanceUID to group the image by")
+            return value, kind
+    return "", "file"
 
 
 def _linear_window(values: np.ndarray, window: HUWindow) -> np.ndarray:

@@ -58,7 +58,7 @@ class SegmentationObjectError(NotAnImageError):
     """A DICOM-SEG or RTSTRUCT: labels, not an image. Read it with ``read_segmentation_reference`` instead."""
 
 
-def is_dicom_file(path: Path) -> bool:
+def is_dicom_file(path: Path, include_dicomdir: bool = False) -> bool:
     """Whether ``path`` holds a DICOM object, by content, not by extension; the DICOMDIR index is excluded.
 
     Many archives store DICOM without a ``.dcm`` suffix. A Part 10 file is recognised by its 128-byte preamble
@@ -66,13 +66,14 @@ def is_dicom_file(path: Path) -> bool:
     starts with a low group number, parses with ``force=True`` and names a registered SOP class and a valid
     SOP Instance UID: ``force=True`` alone "reads" almost any bytes, hence the extra checks. A DICOMDIR (Media
     Storage SOP Class 1.2.840.10008.1.3.10) indexes the other files of the media and holds no image: it is
-    logged with its reason and returns False. Unreadable paths and folders return False.
+    logged with its reason and returns False, unless ``include_dicomdir`` (ingest lists it, to count it as
+    skipped). Unreadable paths and folders return False.
     """
     head = _read_head(Path(path), _META_HEAD_BYTES)
     if head is None:
         return False
     if head[PREAMBLE_BYTES:PREAMBLE_BYTES + len(MAGIC)] == MAGIC:
-        return not _is_dicomdir(Path(path), head)
+        return include_dicomdir or not _is_dicomdir(Path(path), head)
     return head[:2] in _RAW_FIRST_GROUPS and _raw_stream_is_dicom(Path(path))
 
 
@@ -106,7 +107,7 @@ def media_storage_sop_class(path: Path, head: bytes | None = None) -> str:
 def _is_dicomdir(path: Path, head: bytes) -> bool:
     if media_storage_sop_class(path, head) != MediaStorageDirectoryStorage:
         return False
-    log.info("%s: DICOMDIR media directory index, not an image, skipped", path)
+    log.debug("%s: DICOMDIR media directory index, not an image, skipped", path)  # paths may carry PHI
     return True
 
 

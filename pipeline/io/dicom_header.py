@@ -17,7 +17,7 @@ and any element that needs pydicom's machinery (functional groups of enhanced ob
 float pixel data). Tests compare its results with pydicom's on every shipped pydicom test file.
 
 Values match what the pipeline gets from pydicom for the same file: text with trailing spaces and NULs
-removed (``str``), US / SS as ``int``, IS as ``int``, DS as ``float`` (PixelSpacing: a list of two floats).
+removed (``str``; ImageType: a list of such values), US / SS as ``int``, IS as ``int``, DS as ``float`` (PixelSpacing: a list of two floats).
 """
 
 from __future__ import annotations
@@ -47,13 +47,16 @@ MAX_NESTING = 32  # deeper sequences than this are left to pydicom (and are neve
 # keyword → (tag, accepted explicit VRs, value kind). "US|SS": the VR the file states, or in implicit VR the one
 # PixelRepresentation implies, as pydicom resolves it.
 HEADER_TAGS: dict[str, tuple[int, tuple[bytes, ...], str]] = {
+    "ImageType": (0x00080008, (b"CS",), "texts"),
     "SOPClassUID": (0x00080016, (b"UI",), "text"),
     "SOPInstanceUID": (0x00080018, (b"UI",), "text"),
+    "AccessionNumber": (0x00080050, (b"SH",), "text"),
     "Modality": (0x00080060, (b"CS",), "text"),
     "PatientName": (0x00100010, (b"PN",), "text"),
     "PatientID": (0x00100020, (b"LO",), "text"),
     "ImagerPixelSpacing": (0x00181164, (b"DS",), "spacing"),
     "StudyInstanceUID": (0x0020000D, (b"UI",), "text"),
+    "SeriesInstanceUID": (0x0020000E, (b"UI",), "text"),
     "SamplesPerPixel": (0x00280002, (b"US",), "US"),
     "PhotometricInterpretation": (0x00280004, (b"CS",), "text"),
     "NumberOfFrames": (0x00280008, (b"IS",), "IS"),
@@ -269,6 +272,9 @@ def _convert(data: bytes, raw: dict[int, tuple[bytes | None, int, int]]) -> dict
             values[keyword] = value
         elif kind == "text":
             values[keyword] = _text(value, accepted[0])
+        elif kind == "texts":  # several values: a list, as pydicom's MultiValue compares
+            values[keyword] = [_text(part, accepted[0], strip=False)
+                               for part in value.rstrip(b" \x00").split(b"\\")]
         elif kind in ("US", "US|SS"):
             is_signed = vr == b"SS" if vr is not None else (kind == "US|SS" and signed)
             values[keyword] = _integer(value, keyword, is_signed)
@@ -303,9 +309,10 @@ def _number(value: bytes, keyword: str) -> str:
     return text.decode("ascii")
 
 
-def _text(value: bytes, vr: bytes) -> str:
-    """One ASCII text value without trailing spaces and NULs, as pydicom decodes it."""
-    text = value.rstrip(b" \x00")
+def _text(value: bytes, vr: bytes, strip: bool = True) -> str:
+    """One ASCII text value without trailing spaces and NULs, as pydicom decodes it (values of a multi-valued
+    element keep their own spaces: pydicom strips the element's padding only)."""
+    text = value.rstrip(b" \x00") if strip else value
     if not _PRINTABLE.fullmatch(text):
         raise NotPlain(f"{vr!r} text outside printable ASCII, or several values")
     return text.decode("ascii")

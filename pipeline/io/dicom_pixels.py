@@ -8,6 +8,7 @@ slope/intercept and pixel spacing are looked up in that order for every frame.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,26 @@ PALETTE = "PALETTE COLOR"
 BT601_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 weights of R, G, B: the Y of YBR_FULL
 NATIVE_LITTLE_ENDIAN = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
 EXACT_IN_FLOAT32 = 2 ** 23  # |intercept| bound under which int16 + intercept is exact in float32
+PYDICOM_DECODER_LOGGER = "pydicom.pixels.decoders.base"
+
+
+class _DecoderTracebacksAtDebug(logging.Filter):
+    """pydicom logs each failing decoder plugin at ERROR with its traceback, then raises one error naming them
+    all, which ingest turns into the file's one-line reason. The records are demoted to DEBUG: shown only
+    when pydicom's logger is set to DEBUG (``pydicom.config.debug(True)``), never twice per file by default."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _demote_decoder_tracebacks() -> None:
+    logger = logging.getLogger(PYDICOM_DECODER_LOGGER)
+    if not any(isinstance(f, _DecoderTracebacksAtDebug) for f in logger.filters):
+        logger.addFilter(_DecoderTracebacksAtDebug())
+
+
+_demote_decoder_tracebacks()
 
 
 def photometric_of(ds: Dataset) -> str:
@@ -117,18 +138,56 @@ def frame_values(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> tup
     return _modality_values(stored, ds, index, path), padding_mask(stored, ds)
 
 
+def frame_rgb(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One decoded colour frame → ((H, W, 3) float32 RGB in sample units, (H, W) bool valid mask).
+
+    RGB-decoded files (RGB, YBR_* converted by pydicom's decoder) keep their samples; PALETTE COLOR goes through
+    the palette (``apply_color_lut``), padding masked on the stored indices. Greyscale files are not colour:
+    use :func:`frame_values`.
+    """
+    photometric = photometric_of(ds)
+    if photometric == PALETTE:
+        if stored.ndim != 2:
+            raise UnreadableImageError(f"{path}: frame {index} decoded to shape {stored.shape}, expected 2 "
+                                       f"dimensions for {photometric}")
+        return _palette_rgb(stored, ds, path).astype(np.float32), padding_mask(stored, ds)
+    if photometric not in RGB_DECODED or stored.ndim != 3:
+        raise UnreadableImageError(f"{path}: frame {index} is not a colour image ({photometric}, "
+                                   f"shape {stored.shape})")
+    return np.ascontiguousarray(stored[..., :3], dtype=np.float32), np.ones(stored.shape[:2], dtype=bool)
+
+
+def stored_sample_max(ds: Dataset) -> float | None:
+    """The largest value a decoded sample can take: a palette's entry depth, else ``2**BitsStored - 1`` for
+    unsigned samples without a rescale; None when a rescale or signed samples make the range data-dependent."""
+    if photometric_of(ds) == PALETTE:
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        return float(2 ** int(descriptor[2]) - 1) if descriptor is not None and len(descriptor) == 3 else None
+    try:
+        bits, signed = int(ds.get("BitsStored", 0) or 0), int(ds.get("PixelRepresentation", 0) or 0)
+    except (TypeError, ValueError):
+        return None
+    rescaled = "RescaleSlope" in ds and (float(ds.RescaleSlope) != 1 or float(ds.get("RescaleIntercept", 0)) != 0)
+    if bits < 1 or signed or rescaled or ds.get("ModalityLUTSequence"):
+        return None
+    return float(2 ** bits - 1)
+
+
 def luminance(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3 or 4) RGB(A) → (H, W) float32 BT.601 luminance in the same units (0–255 for 8-bit samples)."""
     return np.ascontiguousarray(rgb[..., :3].astype(np.float64) @ BT601_LUMA, dtype=np.float32)
 
 
 def _palette_luminance(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+    return luminance(_palette_rgb(stored, ds, path))
+
+
+def _palette_rgb(stored: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
     try:
-        rgb = apply_color_lut(stored, ds)
+        return apply_color_lut(stored, ds)
     except Exception as error:  # missing or malformed palette descriptors / data
         raise UnreadableImageError(f"{path}: cannot apply the palette colour LUT: "
                                    f"{one_line(error)}") from error
-    return luminance(rgb)
 
 
 def _modality_values(stored: np.ndarray, ds: Dataset, index: int, path: Path) -> np.ndarray:

@@ -21,8 +21,9 @@ the file and come back as 0 / 1):
   segment; the pixel value is the SegmentNumber. PixelPaddingValue and values that name no segment belong to
   no segment.
 
-A frame is placed by its Derivation Image macro (the first Source Image of the frame); a frame without one
-cannot be placed and is counted in ``DecodedSegmentation.unplaced`` rather than guessed from its position.
+A frame is placed by its Derivation Image macro (the first Source Image of the frame), or for a TILED_FULL
+object (whole-slide segmentations, which have no per-frame groups) by its position in the standard's frame
+order (:func:`_tiled_full_frames`); a frame without either cannot be placed and is counted in ``DecodedSegmentation.unplaced`` rather than guessed from its position.
 Several frames of one segment on the same image are OR-ed. Overlaps *between* segments are not resolved here:
 layers stay separate so that the caller can apply one rule over all objects of a folder
 (:mod:`pipeline.data.segmentations`).
@@ -121,12 +122,36 @@ def _seg_reference(ds: Dataset, number_of_frames: int) -> SegmentationReference:
     items = list(ds.get("PerFrameFunctionalGroupsSequence") or [])[:number_of_frames]  # extra items: no frame
     frames = tuple(_seg_frame(item) for item in items)
     per_frame = {frame.referenced_sop_instance_uid for frame in frames} - {""}
+    shared = _nested(ds.get("SharedFunctionalGroupsSequence") or [], "DerivationImageSequence",
+                     "SourceImageSequence")
     referenced = (_uids(_nested([ds], "ReferencedSeriesSequence", "ReferencedInstanceSequence"))
-                  | _uids(_nested([ds], "SourceImageSequence")) | per_frame)
+                  | _uids(_nested([ds], "SourceImageSequence")) | _uids(shared) | per_frame)
     labels = {int(item.SegmentNumber): str(item.get("SegmentLabel", "") or "")
               for item in ds.get("SegmentSequence") or []}
+    if not items and str(ds.get("DimensionOrganizationType", "") or "").strip().upper() == "TILED_FULL":
+        frames = _tiled_full_frames(ds, sorted(labels), referenced)
     return SegmentationReference("SEG", str(ds.get("SOPInstanceUID", "")), tuple(sorted(referenced)), labels,
                                  frames)
+
+
+def _tiled_full_frames(ds: Dataset, segments: list[int], referenced: set[str]) -> tuple[SegmentationFrame, ...]:
+    """Frame positions of a TILED_FULL segmentation, which has no per-frame functional groups (PS3.3
+    C.7.6.17.3): segment slowest (label maps: none), then focal plane, then tiles of the total pixel matrix row
+    by row. Tile ``k`` of a plane is placed on frame ``k + 1`` of the one source image, the layout of a
+    TILED_FULL source with the same tile size, one focal plane and one optical path (what highdicom writes
+    for a slide image); a SEG of several source images cannot be placed this way and stays unplaced."""
+    tiles_down = -(-int(ds.TotalPixelMatrixRows) // int(ds.Rows))
+    tiles_across = -(-int(ds.TotalPixelMatrixColumns) // int(ds.Columns))
+    planes = int(ds.get("TotalPixelMatrixFocalPlanes", 1) or 1)
+    label_map = sop_class_uid(ds) == LABEL_MAP_SOP_CLASS or _segmentation_type(ds) == "LABELMAP"
+    source = next(iter(referenced)) if len(referenced) == 1 else ""
+    frames = []
+    for segment in [0] if label_map else segments:
+        for plane in range(planes):
+            placed = bool(source) and plane == 0  # further focal planes: no frame of the source to match
+            frames += [SegmentationFrame(segment, source if placed else "", tile + 1 if placed else None)
+                       for tile in range(tiles_down * tiles_across)]
+    return tuple(frames)
 
 
 def _seg_frame(item: Dataset) -> SegmentationFrame:
@@ -237,8 +262,9 @@ def _seg_frames(ds: Dataset, path: Path, placed_frames: int) -> Iterator[np.ndar
     needs its per-frame functional group to be placed."""
     frames = frame_count(ds, path)
     if frames != placed_frames:
-        raise UnreadableImageError(f"{path}: {frames} frames but {placed_frames} per-frame functional groups "
-                                   "to place them")
+        tiled = str(ds.get("DimensionOrganizationType", "") or "").strip().upper() == "TILED_FULL"
+        layout = "frame positions from its TILED_FULL layout" if tiled else "per-frame functional groups"
+        raise UnreadableImageError(f"{path}: {frames} frames but {placed_frames} {layout} to place them")
     return decode_frames(ds, path)
 
 
