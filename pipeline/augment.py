@@ -156,6 +156,19 @@ AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
         {"transform": "GaussNoise", "std_range": (0.005, 0.02), "p": 0.3},
     ),
+    # SAR in dB (§4): overhead, so all 8 flips/rotations; speckle is multiplicative, i.e. additive in dB:
+    # additive noise and multi-look-like blur; a small global offset (calibration); no optical band jitter,
+    # no band dropout (the ratio channel is a function of the others).
+    "remote_sar": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.25, 1.0),
+         "ratio": (0.75, 4 / 3), "area_for_downscale": "image"},
+        {"transform": "D4", "p": 1.0},
+        {"transform": "AdditiveNoise", "noise_type": "gaussian", "spatial_mode": "per_pixel",
+         "noise_params": {"mean_range": (0.0, 0.0), "std_range": (0.01, 0.05)}, "p": 0.6},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.2), "p": 0.4},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.08, "contrast_limit": 0.1,
+         "brightness_by_max": False, "p": 0.5},
+    ),
     # Natural RGB photographs: the SimCLR paper's recipe (crop 0.08–1, flip, colour jitter 0.8 × strength
     # 0.5, grey 0.2, blur 0.5). RGB only: hue and saturation have no meaning for other channel sets.
     "natural_rgb": (

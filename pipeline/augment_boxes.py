@@ -43,6 +43,11 @@ BOX_AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "MultiplicativeNoise", "multiplier": (0.9, 1.1), "per_channel": True, "elementwise": False,
          "p": 0.5},
     ),
+    "remote_sar": (
+        {"transform": "D4", "p": 1.0},
+        {"transform": "Affine", "scale": (0.85, 1.15), "translate_percent": (-0.08, 0.08), "fill": 0.0, "p": 0.5},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.0), "p": 0.3},
+    ),
     "natural_rgb": (
         {"transform": "HorizontalFlip", "p": 0.5},
         {"transform": "Affine", "scale": (0.8, 1.2), "translate_percent": (-0.1, 0.1), "fill": 0.0, "p": 0.7},

@@ -91,9 +91,23 @@ class PercentileChannel(_Strict):
     _ordered = field_validator("percentiles")(classmethod(lambda cls, v: _low_below_high_percentile(v)))
 
 
+class FileVoiChannel(_Strict):
+    """A radiograph channel from one of the file's own VOI alternatives (1-based: tables first, then windows)."""
+
+    voi: PositiveInt
+
+
+def _xray_channel_kind(value: object) -> str:
+    if isinstance(value, str):
+        return "file_voi"
+    keys = value.keys() if isinstance(value, dict) else vars(value) if hasattr(value, "__dict__") else {}
+    return "voi" if "voi" in keys else "percentiles"
+
+
 XrayChannel = Annotated[
-    Annotated[Literal["file_voi"], Tag("file_voi")] | Annotated[PercentileChannel, Tag("percentiles")],
-    Discriminator(lambda value: "file_voi" if isinstance(value, str) else "percentiles"),
+    Annotated[Literal["file_voi"], Tag("file_voi")] | Annotated[FileVoiChannel, Tag("voi")]
+    | Annotated[PercentileChannel, Tag("percentiles")],
+    Discriminator(_xray_channel_kind),
 ]
 
 
@@ -108,34 +122,53 @@ class DicomOptions(_Strict):
         HUWindowConfig(center=-600, width=1500),
         HUWindowConfig(center=400, width=1800),
     ]
-    # medical_xray: one channel per entry: "file_voi" = the file's VOI LUT (else the robust window below),
-    # or {percentiles: [low, high]} = a window on the image's own percentiles
+    # medical_xray: one channel per entry: "file_voi" = the file's VOI LUT number voi_number (else the robust
+    # window below), {voi: n} = its n-th VOI alternative, {percentiles: [low, high]} = the image's own percentiles
     xray_channels: Annotated[list[XrayChannel], Field(min_length=1)] = ["file_voi"]
-    voi_number: PositiveInt = 1  # which of several VOI LUTs / windows in a file (1-based)
+    voi_number: PositiveInt = 1  # which of several VOI alternatives "file_voi" uses (1-based: tables, then windows)
     # robust window: radiographs without a VOI LUT (per image), MR (per series), rescaled grey ultrasound
     percentiles: Percentiles = (0.5, 99.5)
 
     _ordered = field_validator("percentiles")(classmethod(lambda cls, v: _low_below_high_percentile(v)))
 
 
+class SarOptions(_Strict):
+    """SAR scenes (preset ``remote_sar``): how stored values become decibels (docs/earth-observation.md)."""
+
+    # what the stored (scaled) values are: auto = complex → amplitude, integers → amplitude (GRD digital
+    # numbers), floats → dB when the scene has negative values, else intensity (power, e.g. sigma0)
+    input: Literal["auto", "intensity", "amplitude", "db"] = "auto"
+    ratio: bool = True  # add the cross-/co-polarisation ratio (VH − VV, HV − HH in dB) as a channel
+
+
+Range = tuple[float, float]
+
+
 class GeoTiffOptions(_Strict):
     """GeoTIFF scenes (multi-band files or band folders); policies in :mod:`pipeline.data.scenes`."""
 
-    # 1-based band indexes or band names (descriptions; B02 … in band folders); None = all data bands
+    # 1-based band indexes or band names (red, nir, B04, VV …); None = the band set most scenes share
     bands: Annotated[list[Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)]],
                      Field(min_length=1)] | None = None
-    # physical values mapped linearly to [0, 1]; None = [0, 1] for scaled / float data, [0, 255] for uint8
-    value_range: tuple[float, float] | None = None
+    # physical values mapped linearly to [0, 1]: [low, high] for every band, or one [low, high] per channel;
+    # None = each channel's range_percentiles of the train split's valid pixels
+    value_range: Range | Annotated[list[Range], Field(min_length=1)] | None = None
+    range_percentiles: Percentiles = (1.0, 99.0)
     min_valid_fraction: Fraction = 0.9
     block_size_px: PositiveInt = 256  # spatial-block split cell; larger than the correlation range
     buffer_px: Annotated[int, Field(ge=0)] = 0
+    sar: SarOptions = SarOptions()
 
     @field_validator("value_range")
     @classmethod
-    def _low_below_high(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
-        if value is not None and not value[0] < value[1]:
-            raise ValueError(f"needs [low, high] with low < high, got {list(value)}")
+    def _low_below_high(cls, value: Range | list[Range] | None) -> Range | list[Range] | None:
+        ranges = [] if value is None else value if isinstance(value, list) else [value]
+        for low, high in ranges:
+            if not low < high:
+                raise ValueError(f"needs [low, high] with low < high, got {[low, high]}")
         return value
+
+    _ordered = field_validator("range_percentiles")(classmethod(lambda cls, v: _low_below_high_percentile(v)))
 
 
 class ImageOptions(_Strict):

@@ -45,6 +45,18 @@ class DicomRecipe:
 
 
 @dataclass(frozen=True)
+class GeoRecipe:
+    """How a preset turns a GeoTIFF scene's physical values into channels, before the value range.
+
+    Attributes:
+        values: ``physical`` (reflectance, digital numbers, heights: as stored after scale / offset) or
+            ``sar_db`` (backscatter to decibels, plus the cross-/co-polarisation ratio: :mod:`pipeline.io.sar`).
+    """
+
+    values: Literal["physical", "sar_db"] = "physical"
+
+
+@dataclass(frozen=True)
 class DomainPreset:
     """How one kind of imagery is read, split, augmented and generated for the demo.
 
@@ -57,6 +69,7 @@ class DomainPreset:
         description: one line for reports.
         display: how the report draws its chips.
         dicom: for the ``dicom`` reader, which objects it reads and how (None for other readers).
+        geotiff: for the ``geotiff`` reader, how values become channels (None for other readers).
     """
 
     reader: Literal["dicom", "geotiff", "image"]
@@ -66,6 +79,7 @@ class DomainPreset:
     description: str
     display: DisplaySpec = DisplaySpec()
     dicom: DicomRecipe | None = None
+    geotiff: GeoRecipe | None = None
 
 
 PRESETS: dict[str, DomainPreset] = {
@@ -114,6 +128,17 @@ PRESETS: dict[str, DomainPreset] = {
         demo="remote",
         description="multispectral GeoTIFF scenes cut into chips, split by spatial block",
         display=DisplaySpec(rgb=("red", "green", "blue"), false_colour=("nir", "red", "green"), stretch=True),
+        geotiff=GeoRecipe(),
+    ),
+    "remote_sar": DomainPreset(
+        reader="geotiff",
+        split="spatial_block",
+        augment="remote_sar",
+        demo=None,
+        description="SAR GeoTIFF scenes (Sentinel-1 GRD, SLC amplitude, dB) in decibels with the polarisation "
+                    "ratio, cut into chips, split by spatial block",
+        display=DisplaySpec(rgb=("vv", "vh", "vh_vv_ratio"), stretch=True),
+        geotiff=GeoRecipe(values="sar_db"),
     ),
     "natural_rgb": DomainPreset(
         reader="image",

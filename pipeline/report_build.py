@@ -155,15 +155,14 @@ def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figur
     ]))
 
 
-def _gallery_block(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset, chips,
-                   figure_dir: Path) -> None:
-    """A few training chips per class and their two SimCLR views, drawn as the preset says."""
+def gallery_rows(chips, preset: DomainPreset, image_size: int, seed: int,
+                 per_gallery: int = GALLERY_CHIPS) -> tuple[list[list[np.ndarray]], list[str]]:
+    """One training chip per class (up to ``per_gallery``) and its two SimCLR views, display-ready, with the
+    column titles; also what ``bench/preset_gallery.py`` draws for a user's folder."""
     train = chips.indices("train")
     picks = [int(train[chips.labels[train] == c][0]) for c in range(len(chips.classes)) if (chips.labels[train] == c).any()]
-    picks = (picks or [int(i) for i in train])[:GALLERY_CHIPS]
-    if not picks:
-        return
-    transform = TwoViewTransform(preset.augment, inputs.image_size, inputs.seed)
+    picks = (picks or [int(i) for i in train])[:per_gallery]
+    transform = TwoViewTransform(preset.augment, image_size, seed)
     rows = []
     for index in picks:
         chip = np.asarray(chips.images[index], dtype=np.float32)
@@ -171,7 +170,16 @@ def _gallery_block(document: Document, inputs: ReportInputs, domain: str, preset
         original = display_views(chip, chips.channel_names, preset.display)
         rows.append([original[0], *original[1:], *(display_views(v, chips.channel_names, preset.display)[0]
                                                     for v in (view_a, view_b))])
-    titles = ["chip", *(["false colour"] if len(rows[0]) == 4 else []), "view a", "view b"]
+    titles = ["chip", *(["false colour"] if rows and len(rows[0]) == 4 else []), "view a", "view b"]
+    return rows, titles
+
+
+def _gallery_block(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset, chips,
+                   figure_dir: Path) -> None:
+    """A few training chips per class and their two SimCLR views, drawn as the preset says."""
+    rows, titles = gallery_rows(chips, preset, inputs.image_size, inputs.seed)
+    if not rows:
+        return
     document.add(Heading(f"{domain}: augmentations", 3), Figure(
         figures.augmentation_gallery(rows, titles, figure_dir / f"augmentations_{domain}.png", f"{domain}: two views"),
         f"{domain}: training chips and two SimCLR views ({preset.augment} preset)"))

@@ -20,12 +20,12 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
 from pipeline.config import ConfigError, load_config, parse_config
-from pipeline.data import sources
+from pipeline.data import geotiff_source
 from pipeline.data.chips import load_chipset
 from pipeline.data.demo_remote import RemoteDemoSpec, write_remote_demo
 from pipeline.data.ingest import IngestError, ingest_folder, read_folder
 from pipeline.data.scenes import GDAL_CACHE_BYTES
-from pipeline.data.sources import list_geotiff_files
+from pipeline.data.geotiff_source import list_geotiff_files
 from pipeline.presets import PRESETS
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
@@ -82,11 +82,11 @@ def window_of(row: dict) -> Window:
 
 # --- 2. value range ----------------------------------------------------------------------------------
 
-def test_demo_chips_are_byte_identical_to_clipped_reflectance(tmp_path):
-    """The demo (uint16, scale 1e-4) keeps the old behaviour exactly: np.clip(physical, 0, 1)."""
+def test_unit_value_range_is_byte_identical_to_clipped_reflectance(tmp_path):
+    """value_range [0, 1] on the demo (uint16, scale 1e-4) is exactly np.clip(physical, 0, 1)."""
     source = tmp_path / "demo"
     write_remote_demo(source, RemoteDemoSpec(scenes=1, scene_size=128), seed=2)
-    ingest(source, tmp_path / "out", config(min_valid_fraction=0.0))
+    ingest(source, tmp_path / "out", config(min_valid_fraction=0.0, value_range=[0, 1]))
     chips = load_chipset(tmp_path / "out")
     assert len(chips.manifest) == 16
     for row in chips.manifest:
@@ -101,13 +101,32 @@ def test_demo_chips_are_byte_identical_to_clipped_reflectance(tmp_path):
         assert np.array_equal(chips.valid[int(row["chip_id"])], valid)
 
 
-def test_explicit_unit_range_gives_the_same_cache(tmp_path):
+def test_default_value_range_is_each_channels_train_split_percentiles(tmp_path):
     source = tmp_path / "demo"
-    write_remote_demo(source, RemoteDemoSpec(scenes=1, scene_size=96), seed=3)
-    ingest(source, tmp_path / "inferred", config())
-    ingest(source, tmp_path / "explicit", config(value_range=[0, 1]))
-    for name in ("chips.npy", "valid.npy", "manifest.csv", "stats.json"):
-        assert (tmp_path / "inferred" / name).read_bytes() == (tmp_path / "explicit" / name).read_bytes(), name
+    write_remote_demo(source, RemoteDemoSpec(scenes=2, scene_size=128), seed=3)
+    report = ingest(source, tmp_path / "out", config())
+    chips = load_chipset(tmp_path / "out")
+    physical = {}
+    for row in chips.manifest:  # reference: rasterio's own reads, scaled, and numpy percentiles
+        with rasterio.open(source / row["source"]) as src:
+            stored = src.read(window=window_of(row)).astype(np.float64)
+            valid = (src.read_masks(window=window_of(row)) != 0).all(axis=0)
+            physical[int(row["chip_id"])] = (stored * np.array(src.scales)[:, None, None], valid)
+    train = [physical[i] for i in np.flatnonzero(chips.split == "train")]
+    pixels = np.concatenate([data[:, valid] for data, valid in train], axis=1)
+    low, high = np.percentile(pixels, [1, 99], axis=1)
+    for i, (data, valid) in physical.items():
+        expected = np.clip((data - low[:, None, None]) / (high - low)[:, None, None], 0, 1) * valid
+        np.testing.assert_allclose(chips.images[i], expected, atol=2e-6)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    (group,) = stats["value_range"]["groups"]
+    assert group == "uint16 x0.0001"  # the demo's stored type and scale
+    fitted = stats["value_range"]["groups"][group]
+    np.testing.assert_allclose([fitted["channels"][n] for n in chips.channel_names],
+                               np.stack([low, high], axis=1), rtol=1e-5)
+    assert fitted["from"] == "train split: p1-p99 of valid pixels" and report["value_range"] == stats["value_range"]
+    clipped = fitted["clipped"]["red"]
+    assert 0.005 < clipped["low"] < 0.03 and 0.005 < clipped["high"] < 0.03  # ~1 % each, over all splits
 
 
 def test_uint8_rgba_maps_255_to_one_and_alpha_is_a_mask_not_a_channel(tmp_path):
@@ -118,13 +137,13 @@ def test_uint8_rgba_maps_255_to_one_and_alpha_is_a_mask_not_a_channel(tmp_path):
     interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
     path = write_raster(tmp_path / "src" / "photo.tif", data, descriptions=["red", "green", "blue"],
                         colorinterp=interp)
-    ingest(tmp_path / "src", tmp_path / "out", config())
+    ingest(tmp_path / "src", tmp_path / "out", config(value_range=[0, 255]))
     chips = load_chipset(tmp_path / "out")
-    assert chips.channel_names == ["red", "green", "blue"]
+    assert chips.channel_names == ["blue", "green", "red"]  # the domain's band set, in wavelength order
     with rasterio.open(path) as src:
         assert src.colorinterp[3] == ColorInterp.alpha
         for row in chips.manifest:
-            rgb = src.read([1, 2, 3], window=window_of(row)).astype(np.float32)
+            rgb = src.read([3, 2, 1], window=window_of(row)).astype(np.float32)
             alpha = src.read(4, window=window_of(row))
             i = int(row["chip_id"])
             np.testing.assert_array_equal(chips.valid[i], alpha > 0)
@@ -132,14 +151,18 @@ def test_uint8_rgba_maps_255_to_one_and_alpha_is_a_mask_not_a_channel(tmp_path):
             assert not chips.images[i][:, alpha == 0].any()
 
 
-def test_unscaled_uint16_is_rejected_naming_the_file_and_the_key(tmp_path):
-    write_raster(tmp_path / "src" / "dn.tif", reflectance(1, 3, 64))
-    reasons = rejected(tmp_path / "src", config())
-    assert list(reasons) == ["dn.tif"]
-    assert reasons["dn.tif"].startswith("dn.tif: uint16 without scale tags: set data.remote.geotiff.value_range")
-    with pytest.raises(IngestError) as error:
-        ingest(tmp_path / "src", tmp_path / "out", config(), strict=True)
-    assert "data.remote.geotiff.value_range" in str(error.value) and "\n" not in str(error.value)
+@pytest.mark.parametrize("dtype, values", [("uint16", (300, 4000)), ("int16", (-2000, 3000)),
+                                           ("float32", (-30.0, -5.0)), ("float64", (1.0, 2046.0)),
+                                           ("uint8", (10, 240))])
+def test_any_dtype_ingests_with_the_default_range_and_nothing_saturates(tmp_path, dtype, values):
+    """Unscaled 16-bit digital numbers, int16, SAR-like dB and float64 1 … 2046 were rejected or saturated."""
+    rng = np.random.default_rng(7)
+    data = rng.uniform(*values, size=(2, 64, 64)).astype(dtype)
+    write_raster(tmp_path / "src" / "scene.tif", data)
+    report = ingest(tmp_path / "src", tmp_path / "out", config(block_size_px=32))
+    chips = load_chipset(tmp_path / "out")
+    assert report["files"]["ingested"] == 1 and report["chips"]["dropped_constant"] == 0
+    assert all(np.ptp(chips.images[i]) > 0.5 for i in range(len(chips.manifest)))  # spread over [0, 1]
 
 
 def test_configured_value_range_maps_linearly_then_clips(tmp_path):
@@ -155,13 +178,16 @@ def test_configured_value_range_maps_linearly_then_clips(tmp_path):
     assert chips.images[:].max() == 1.0 and chips.images[:].min() == 0.0
 
 
-def test_mixed_uint8_and_scaled_bands_are_rejected(tmp_path):
-    write_raster(tmp_path / "src" / "mixed_B01.tif", np.ones((1, 64, 64), np.uint8))
-    write_raster(tmp_path / "src" / "mixed_B02.tif", np.ones((1, 64, 64), np.uint16), scales=[SCALE])
-    write_raster(tmp_path / "src" / "scene" / "B01.tif", np.ones((1, 64, 64), np.uint8))
-    write_raster(tmp_path / "src" / "scene" / "B02.tif", np.ones((1, 64, 64), np.uint16), scales=[SCALE])
-    reasons = rejected(tmp_path / "src", config())
-    assert "bands mix unscaled uint8" in reasons["scene"] and "data.remote.geotiff.value_range" in reasons["scene"]
+def test_a_band_folder_mixing_uint8_and_scaled_bands_gets_a_range_per_channel(tmp_path):
+    rng = np.random.default_rng(8)
+    write_raster(tmp_path / "src" / "scene" / "B01.tif", rng.integers(0, 255, (1, 64, 64)).astype(np.uint8))
+    write_raster(tmp_path / "src" / "scene" / "B02.tif", rng.integers(100, 5000, (1, 64, 64)).astype(np.uint16),
+                 scales=[SCALE])
+    report = ingest(tmp_path / "src", tmp_path / "out", config(block_size_px=32))
+    (group,) = report["value_range"]["groups"]
+    ranges = report["value_range"]["groups"][group]["channels"]
+    assert group == "uint8/uint16 x0.0001"  # one scene: its two stored types, one range per channel
+    assert ranges["coastal"][1] > 200 and ranges["blue"][1] < 0.6  # uint8 digital numbers vs reflectance
 
 
 # --- 3. bands by name or index -----------------------------------------------------------------------
@@ -169,7 +195,7 @@ def test_mixed_uint8_and_scaled_bands_are_rejected(tmp_path):
 def test_bands_by_name_and_index_in_configured_order(tmp_path):
     path = write_raster(tmp_path / "src" / "s.tif", reflectance(3, 4, 64), scales=[SCALE] * 4,
                         descriptions=["blue", "green", "red", "nir"])
-    ingest(tmp_path / "src", tmp_path / "out", config(bands=["NIR", 3, "green"]))
+    ingest(tmp_path / "src", tmp_path / "out", config(bands=["NIR", 3, "green"], value_range=[0, 1]))
     chips = load_chipset(tmp_path / "out")
     assert chips.channel_names == ["nir", "red", "green"]
     with rasterio.open(path) as src:
@@ -234,10 +260,10 @@ def band_folder(tmp_path) -> tuple[Path, Path, dict[str, np.ndarray]]:
 def test_band_folder_is_one_scene_stacked_on_the_finest_grid(band_folder, tmp_path):
     source, folder, stored = band_folder
     (source / "labels.csv").write_text("path,label\nproducts/T33UUP_20200101,forest\n")
-    report = ingest(source, tmp_path / "out", config(bands=["b04", "B03", 1, "B8A"]))
+    report = ingest(source, tmp_path / "out", config(bands=["b04", "B03", 1, "B8A"], value_range=[0, 1]))
     assert report["files"] == {"seen": 1, "ingested": 1, "no_chips": 0, "rejected": 0, "skipped": 0, "labels": 0}
     chips = load_chipset(tmp_path / "out")
-    assert chips.channel_names == ["B04", "B03", "B02", "B8A"]
+    assert chips.channel_names == ["red", "green", "blue", "nir08"]  # Sentinel-2 tokens by what they measure
     upsampled = np.zeros((64, 64), np.uint16)  # rasterio's own warp of the 20 m band onto the 10 m grid
     reproject(stored["B8A"], upsampled, src_transform=Affine(20, 0, GRID.c, 0, -20, GRID.f), src_crs=CRS,
               dst_transform=GRID, dst_crs=CRS, resampling=Resampling.bilinear, src_nodata=0, dst_nodata=0)
@@ -366,13 +392,13 @@ def test_bad_label_files_reject_the_scene_with_a_reason(tmp_path):
 def test_gdal_cache_is_capped_while_reading(tmp_path, monkeypatch):
     write_raster(tmp_path / "src" / "s.tif", reflectance(10, 1, 64), scales=[SCALE])
     seen = []
-    open_scene = sources.open_scene
+    open_scene = geotiff_source.open_scene
 
     def recording(*args):
         seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX"))
         return open_scene(*args)
 
-    monkeypatch.setattr(sources, "open_scene", recording)
+    monkeypatch.setattr(geotiff_source, "open_scene", recording)
     ingest(tmp_path / "src", tmp_path / "out", config())
     assert seen == [GDAL_CACHE_BYTES] and GDAL_CACHE_BYTES == 256 * 2**20
 
@@ -404,7 +430,8 @@ def test_constant_chips_are_dropped_and_scenes_without_chips_are_said(tmp_path):
     assert report["chips"]["kept"] == 3 and report["chips"]["dropped_constant"] == 2
     assert report["files"] == {"seen": 3, "ingested": 1, "no_chips": 2, "rejected": 0, "skipped": 0, "labels": 0}
     no_chips = {line["path"]: line["reason"] for line in report["no_chips"]}
-    assert no_chips["all_blank.tif"] == "all_blank.tif: no chips: 1 constant after value range [0, 1] -> [0, 1]"
+    assert no_chips["all_blank.tif"] == ("all_blank.tif: no chips: 1 constant after train-split range p1-p99 "
+                                         "-> [0, 1]")
     assert no_chips["tiny.tif"] == "tiny.tif: the 16x16 scene is smaller than chip_size 32"
     constant = {line["path"]: line["chips"] for line in report["constant_chips"]}
     assert constant == {"all_blank.tif": 1, "partly_blank.tif": 1}

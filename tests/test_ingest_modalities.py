@@ -117,10 +117,15 @@ def test_real_chest_xray_pair_monochrome1_twin_is_the_inverse(tmp_path):
         shutil.copy(path, source / path.name)
     report = ingest(source, tmp_path / "out", "medical_xray", chip_size=64, dicom={"modalities": ["CR"]})
     assert report["files"]["ingested"] == 2 and report["chips"]["dropped_constant"] == 0
-    chips = list(chips_by_file(tmp_path / "out").values())
-    (first, _), (second, _) = chips
-    assert first.std() > 0.1  # a chest, not a blank
-    np.testing.assert_allclose(first, 1.0 - second, atol=1e-5)  # the same image, MONOCHROME1 in one file
+    chips = chips_by_file(tmp_path / "out")
+    original = next(key for key in chips if not key.startswith("Fake"))
+    ds = pydicom.dcmread(source / original.split("#")[0])  # pydicom's decode of the JPEG, numpy's percentiles
+    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
+    low, high = np.percentile(values, [0.5, 99.5])
+    expected = letterboxed(np.clip((values - low) / (high - low), 0, 1), 64)
+    np.testing.assert_allclose(chips[original][0][0], expected, atol=1e-5)
+    assert chips[original][0].std() > 0.1  # a chest, not a blank
+    np.testing.assert_allclose(chips["Fake_MONOHR1.dcm#0"][0], 1.0 - chips[original][0], atol=1e-5)
 
 
 # --- MR -------------------------------------------------------------------------------------------------------
@@ -417,3 +422,101 @@ def test_shipped_mr_slices_are_normalised_by_their_own_series(tmp_path):
         low, high = np.percentile(np.concatenate([p.ravel() for p in planes.values()]), [0.5, 99.5])
         for key, plane in planes.items():
             np.testing.assert_allclose(chips[key][0][0], np.clip((plane - low) / (high - low), 0, 1), atol=1e-5)
+
+
+# --- review follow-ups: windows as channels, noisy borders, boxes, the constant rule, PHI of failed files ------
+
+def test_two_of_the_files_windows_as_channels_and_an_unusable_window_falls_back(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    pixels = radiograph((64, 64))
+    write_image(source / "dx.dcm", pixels, "DX", WindowCenter=[2000, 3000], WindowWidth=[3000, 600])
+    write_image(source / "bad.dcm", pixels, "DX", WindowCenter=2000, WindowWidth=0, PatientID="P2")
+    report = ingest(source, tmp_path / "out", "medical_xray", dicom={"xray_channels": [{"voi": 1}, {"voi": 2}]})
+    chips = chips_by_file(tmp_path / "out")
+    assert load_chipset(tmp_path / "out").channel_names == ["voi_1", "voi_2"]
+    assert np.abs(chips["dx.dcm#0"][0][0] - chips["dx.dcm#0"][0][1]).mean() > 0.1  # two different windows
+    bad = [text for text in report["intensity"] if "unusable" in text]
+    assert bad and "Window Width 0 not allowed for LINEAR" in bad[0] and "robust window p0.5-p99.5" in bad[0]
+    assert chips["bad.dcm#0"][0].std() > 0.1  # read with the robust window, not rejected
+
+
+def test_a_noisy_black_border_is_still_found(tmp_path):
+    from pipeline.io.dicom_regions import constant_border_region
+    frame = ultrasound_frame((60, 80)).astype(np.int16)
+    noise = np.random.default_rng(1).integers(0, 3, frame.shape[:2])[..., None]  # lossy-compression noise
+    noisy = np.clip(frame + np.where(frame == 0, noise, 0), 0, 255).astype(np.uint8)
+    region = constant_border_region(noisy, 255)
+    assert region is not None and not region[2:6, 2:14].any() and region[30, 40]
+    assert constant_border_region(np.random.default_rng(2).integers(0, 255, (40, 40, 3)), 255) is None
+
+
+def test_boxes_follow_a_letterboxed_radiograph(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    write_image(source / "dx.dcm", radiograph((48, 80)), "DX")
+    coco = {"images": [{"id": 1, "file_name": "dx.dcm", "width": 80, "height": 48}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 40, 20], "iscrowd": 0}],
+            "categories": [{"id": 1, "name": "nodule"}]}
+    (source / "boxes.json").write_text(json.dumps(coco))
+    ingest(source, tmp_path / "out", "medical_xray", chip_size=32)
+    (box,) = load_chipset(tmp_path / "out").boxes[0]
+    rows = round(48 * 32 / 80)  # as letterbox_chip places the image: 48 rows → 19, centred; 80 columns → 32
+    top, y_scale = (32 - rows) // 2, rows / 48
+    np.testing.assert_allclose(box[:4], [20 * 32 / 80, 10 * y_scale + top, 60 * 32 / 80, 30 * y_scale + top],
+                               atol=0.01)
+
+
+def test_the_constant_rule_keeps_thin_structures_and_drops_a_lone_hot_pixel():
+    from pipeline.data.sources import constant_chips
+    stripe, blob, hot = (np.zeros((1, 64, 64), np.float32) for _ in range(3))
+    stripe[0, :, 5:16] = 0.5  # between the columns a regular subsample looks at
+    blob[0, 20:40, 1:13] = 0.7
+    hot[0, 3, 3] = 1.0
+    everywhere = np.ones((64, 64), bool)
+    assert constant_chips([stripe, blob, hot], [everywhere] * 3) == [False, False, True]
+
+
+def test_files_that_fail_still_have_their_patient_folder_redacted(tmp_path):
+    source = tmp_path / "export"
+    ramp = (np.arange(32 * 32).reshape(32, 32) % 400).astype(np.int16)
+    (source / "LI^WU").mkdir(parents=True)
+    write_ct(source / "LI^WU" / "IM1", ramp, PatientID="42", PatientName="LI^WU")
+    (source / "42").mkdir()
+    write_ct(source / "42" / "IM1", ramp, PatientID="42", PatientName="LI^WU")
+    (source / "WU_LI_scan").mkdir()
+    write_ct(source / "WU_LI_scan" / "IM1", ramp, PatientID="42", PatientName="LI^WU")
+    broken = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))  # undecodable, its header names its patient
+    from pydicom.encaps import encapsulate
+    broken.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x13" * 200])
+    broken.Modality, broken.PatientName, broken.PatientID = "CT", "SMITH^JOHN", "777888"
+    (source / "SMITH^JOHN_777888").mkdir()
+    broken.save_as(source / "SMITH^JOHN_777888" / "IM1")
+    (source / "MUSTER^ERIKA_4711").mkdir()
+    write_image(source / "MUSTER^ERIKA_4711" / "IM1", radiograph((32, 32)), "MR", PatientID="4711",
+                PatientName="MUSTER^ERIKA")
+    report = ingest(source, tmp_path / "out", "medical_ct")
+    assert report["files"]["ingested"] == 3 and report["files"]["rejected"] == 1 and report["files"]["skipped"] == 1
+    assert report["modalities"]["CT"] == {"ingested": 3, "rejected": 1}
+    written = json.dumps(report) + (tmp_path / "out" / "manifest.csv").read_text()
+    for identifier in ("smith", "john", "777888", "muster", "erika", "4711", "li^wu", "wu_li", "/42/"):
+        assert identifier not in written.lower(), identifier
+    assert all(row["source"].startswith("redacted-") for row in load_chipset(tmp_path / "out").manifest)
+
+
+def test_the_radiograph_and_mr_recipes_never_mirror_and_the_bias_field_is_smooth():
+    from pipeline.augment import AUGMENT_PRESETS, BiasField
+    for recipe in ("medical_xray", "medical_mr"):
+        names = [row["transform"] for row in AUGMENT_PRESETS[recipe]]
+        assert not {"HorizontalFlip", "VerticalFlip", "D4", "RandomRotate90", "ColorJitter", "HueSaturationValue",
+                    "ToGray"} & set(names), recipe
+    crop = AUGMENT_PRESETS["medical_xray"][0]
+    assert crop["transform"] == "RandomResizedCrop" and crop["scale"][0] >= 0.7  # MoCo-CXR: keep most of it
+    field = BiasField(coefficients=0.3, order=3, p=1.0)
+    field.set_random_seed(3)
+    flat = np.full((32, 32, 1), 0.5, np.float32)
+    shaded = field(image=flat)["image"][..., 0] / 0.5  # the field itself
+    assert shaded.min() > np.exp(-0.3 * 10) and shaded.max() < np.exp(0.3 * 10)  # |log field| ≤ 10 terms × 0.3
+    assert np.abs(np.diff(shaded, axis=0)).max() < 0.2 and shaded.std() > 0.01  # smooth, not flat
+    field.set_random_seed(3)
+    np.testing.assert_array_equal(field(image=flat)["image"][..., 0] / 0.5, shaded)

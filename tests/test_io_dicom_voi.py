@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence
 
-from pipeline.io.dicom_voi import apply_file_voi, frame_voi_source
+from pipeline.io.dicom_voi import UnusableVOI, apply_file_voi, frame_voi_source
 from tests.helpers.dicom_items import sequence_item
 from tests.helpers.dicom_modalities import radiograph, voi_lut_item, write_image
 
@@ -46,7 +46,46 @@ def test_voi_lut_sequence_matches_pydicom_over_the_lut_range(tmp_path):
     lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
     expected = (apply_voi_lut(values, ds).astype(np.float64) - lut.min()) / (lut.max() - lut.min())
     np.testing.assert_allclose(mapped, expected, atol=1e-6)
-    assert text == "file VOI LUT 1 of 1"  # not inverted here: MONOCHROME1 is the caller's step
+    assert text == "file VOI LUT 1 of 2"  # not inverted here: MONOCHROME1 is the caller's step
+    window, text = apply_file_voi(values.astype(np.float32), ds, number=2)  # the window is alternative 2
+    np.testing.assert_allclose(window, _pydicom_window_01(ds, values), atol=1e-6)
+    assert text == "file window 2 of 2 (C 2000 W 100, LINEAR)"
+
+
+def _standard_lookup(values, table, first):
+    """PS3.3 C.11.2.1.1 written out: below the first mapped value → entry 0, beyond the last → the last entry."""
+    position = np.clip(values.astype(np.int64) - first, 0, len(table) - 1)
+    table = table.astype(np.float64)
+    return (table[position] - table.min()) / (table.max() - table.min())
+
+
+def test_an_8_bit_table_of_4096_entries_is_looked_up_as_the_standard_says(tmp_path):
+    """pydicom 3.0's apply_voi indexes through an array of the table's output type: uint8 wraps at 256."""
+    pixels = radiograph()
+    path = write_image(tmp_path / "cr.dcm", pixels, "CR", VOILUTSequence=Sequence([voi_lut_item(0, 4096, bits=8)]))
+    ds = pydicom.dcmread(path)
+    mapped, _ = apply_file_voi(pixels.astype(np.float32), ds)
+    table = np.asarray(ds.VOILUTSequence[0].LUTData)
+    np.testing.assert_allclose(mapped, _standard_lookup(pixels, table, 0), atol=1e-6)
+    assert np.corrcoef(pixels.ravel(), mapped.ravel())[0, 1] > 0.95
+
+
+def test_a_signed_first_mapped_value_stored_as_us_is_read_signed(tmp_path):
+    pixels = (radiograph().astype(np.int32) - 2048).astype(np.int16)  # signed detector values −2048 … 2047
+    item = voi_lut_item(0, 4096)
+    item.LUTDescriptor = [4096, 2 ** 16 - 2048, 12]  # −2048 written as US 63488, as many writers do
+    path = write_image(tmp_path / "dx.dcm", pixels.view(np.uint16), "DX", PixelRepresentation=1,
+                       VOILUTSequence=Sequence([item]))
+    ds = pydicom.dcmread(path)
+    mapped, _ = apply_file_voi(ds.pixel_array.astype(np.float32), ds)
+    np.testing.assert_allclose(mapped, _standard_lookup(pixels, np.asarray(item.LUTData), -2048), atol=1e-6)
+    assert mapped.std() > 0.05
+
+
+def test_a_window_the_standard_forbids_is_refused_with_its_reason(tmp_path):
+    ds = pydicom.dcmread(write_image(tmp_path / "dx.dcm", radiograph(), "DX", WindowCenter=2000, WindowWidth=0))
+    with pytest.raises(UnusableVOI, match=r"file window 1 of 1 unusable \(Window Width 0 not allowed for LINEAR\)"):
+        apply_file_voi(ds.pixel_array.astype(np.float32), ds)
 
 
 def test_which_of_several_windows_is_used_is_said(tmp_path):

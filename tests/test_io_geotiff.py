@@ -166,20 +166,30 @@ def test_label_chip(uint16_scene, tmp_path):
 
 def test_label_chip_errors(uint16_scene, tmp_path):
     path, _ = uint16_scene
-    info = read_scene_info(path)
     labels = np.zeros((1, HEIGHT, WIDTH), dtype=np.uint8)
-    moved = from_origin(500_010.0, 4_600_000.0, 10, 10)
-    shifted = write_raster(tmp_path / "shifted.tif", labels, transform=moved)
-    with pytest.raises(UnreadableImageError, match="shifted.tif.*transform"):
-        read_label_chip(shifted, 0, 0, CHIP, scene=info)
     small = write_raster(tmp_path / "small.tif", labels[:, :40, :40])
-    with pytest.raises(UnreadableImageError, match="small.tif"):
-        read_label_chip(small, 0, 0, CHIP, scene=info)
     with pytest.raises(UnreadableImageError, match="small.tif.*outside"):
         read_label_chip(small, 32, 0, CHIP)
     two_bands = write_raster(tmp_path / "two.tif", np.zeros((2, HEIGHT, WIDTH), dtype=np.uint8))
     with pytest.raises(UnreadableImageError, match="two.tif.*1 band"):
         read_label_chip(two_bands, 0, 0, CHIP)
+
+
+def test_a_label_raster_on_another_grid_is_resampled_by_nearest_neighbour(uint16_scene, tmp_path):
+    """Land-cover products come at their own resolution and extent: 30 m classes under a 10 m scene."""
+    from rasterio.warp import Resampling, reproject
+    path, _ = uint16_scene
+    info = read_scene_info(path)
+    coarse = np.random.default_rng(5).integers(0, 6, (1, HEIGHT // 3 + 1, WIDTH // 3 + 1)).astype(np.uint8)
+    origin = from_origin(info.transform[2] - 5, info.transform[5] + 5, 30, 30)  # shifted half a 10 m pixel
+    labels = write_raster(tmp_path / "landcover.tif", coarse, transform=origin)
+    expected = np.full((HEIGHT, WIDTH), 255, np.uint8)  # rasterio's own warp onto the scene grid
+    reproject(coarse[0], expected, src_transform=origin, src_crs=CRS, dst_transform=Affine(*info.transform),
+              dst_crs=CRS, resampling=Resampling.nearest, dst_nodata=255)
+    for row, col in ((0, 0), (32, 48)):
+        np.testing.assert_array_equal(read_label_chip(labels, row, col, CHIP, scene=info),
+                                      expected[row:row + CHIP, col:col + CHIP])
+    assert set(np.unique(read_label_chip(labels, 32, 48, CHIP, scene=info))) <= set(range(6)) | {255}
 
 
 def test_unreadable_files_raise_naming_file(tmp_path):

@@ -7,8 +7,9 @@ listed is unannotated and its chips stay out of detection (``None`` in the cache
 
 How a box reaches a chip follows the manifest row, never the domain name: a chip that is a window of its
 source (``row`` / ``col`` set, GeoTIFF grids) shifts the boxes by the window offset; a chip that is the
-whole source resized to ``chip_size`` (DICOM slices, plain images) scales them by ``chip_size`` / the COCO
-image ``width`` and ``height``. Boxes are then clipped to the chip, and a box keeping less than
+whole source resized to ``chip_size`` (plain images) scales them by ``chip_size`` / the COCO image ``width``
+and ``height``; a chip that is the whole source with its aspect kept (DICOM, row ``fit: letterbox``) scales
+them as the image was and shifts them by its padding. Boxes are then clipped to the chip, and a box keeping less than
 :data:`MIN_VISIBLE` of its area is dropped: a sliver of a building at the chip edge is not an object to find.
 Multi-frame files carry boxes on their first frame only, as their masks do.
 
@@ -61,6 +62,12 @@ def chip_boxes(boxes: np.ndarray, row: dict, source_size: tuple[int, int], chip_
     if str(row.get("row", "")) != "":  # a window of the source: shift by its top-left corner
         out[:, [0, 2]] -= float(row["col"])
         out[:, [1, 3]] -= float(row["row"])
+    elif row.get("fit") == "letterbox":  # the whole source, aspect kept and centred (DICOM: letterbox_chip)
+        width, height = source_size
+        scale = chip_size / max(width, height)
+        inner_w, inner_h = max(1, round(width * scale)), max(1, round(height * scale))
+        out[:, [0, 2]] = out[:, [0, 2]] * inner_w / width + (chip_size - inner_w) // 2
+        out[:, [1, 3]] = out[:, [1, 3]] * inner_h / height + (chip_size - inner_h) // 2
     else:  # the whole source resized to chip_size × chip_size
         out[:, [0, 2]] *= chip_size / source_size[0]
         out[:, [1, 3]] *= chip_size / source_size[1]

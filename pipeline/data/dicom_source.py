@@ -27,16 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DicomOptions
+from pipeline.config import DicomOptions, FileVoiChannel, PercentileChannel
 from pipeline.data.phi import pseudonymise
-from pipeline.data.sources import SIDE_FILES, FileChips, FileTask, chip_mask, letterbox_chip, read_raster_mask
+from pipeline.data.sources import (
+    SIDE_FILES, FileChips, FileTask, chip_mask, failed_file, letterbox_chip, read_raster_mask,
+)
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom import (
-    DicomHeader, DicomImage, HUWindow, is_dicom_file, open_dicom, percentile_window, window_stack,
+    DicomHeader, DicomImage, HUWindow, is_dicom_file, open_dicom, percentile_window, read_identifiers, window_stack,
 )
 from pipeline.io.dicom_files import one_line
 from pipeline.io.dicom_regions import constant_border_region, ultrasound_regions
-from pipeline.io.dicom_voi import apply_file_voi
+from pipeline.io.dicom_voi import UnusableVOI, apply_file_voi
 from pipeline.presets import PRESETS, DicomRecipe, dicom_preset_reading
 
 ChipMaker = Callable[[DicomImage, DicomHeader, FileTask], tuple[np.ndarray, np.ndarray, str]]
@@ -69,14 +71,9 @@ def _xray_chip(image: DicomImage, header: DicomHeader, task: FileTask) -> tuple[
     """VOI at full resolution (the LUT or sigmoid is non-linear: resizing after it is what a viewer shows)."""
     options, planes, texts = task.cfg.dicom, [], []
     for channel in options.xray_channels:
-        found = _file_voi(image, header, options.voi_number) if channel == "file_voi" else None
-        if found is None:
-            percentiles = options.percentiles if channel == "file_voi" else channel.percentiles
-            found = (percentile_window(image.values, image.valid, *percentiles)[0],
-                     f"robust window {_percentile_text(percentiles)}"
-                     + (" (no VOI LUT in file)" if channel == "file_voi" else ""))
-        planes.append(found[0])
-        texts.append(found[1])
+        plane, text = _xray_channel(image, header, channel, options)
+        planes.append(plane)
+        texts.append(text)
     stack = np.stack(planes)
     if image.needs_inversion:
         stack = 1.0 - stack
@@ -85,11 +82,25 @@ def _xray_chip(image: DicomImage, header: DicomHeader, task: FileTask) -> tuple[
     return chip, valid, "; ".join(texts) + (", MONOCHROME1 inverted" if image.needs_inversion else "")
 
 
-def _file_voi(image: DicomImage, header: DicomHeader, number: int) -> tuple[np.ndarray, str] | None:
+def _xray_channel(image: DicomImage, header: DicomHeader, channel: object,
+                  options: DicomOptions) -> tuple[np.ndarray, str]:
+    """One channel: a file VOI alternative (else the robust window, saying why), or a percentile window."""
+    if isinstance(channel, PercentileChannel):
+        return (percentile_window(image.values, image.valid, *channel.percentiles)[0],
+                f"robust window {_percentile_text(channel.percentiles)}")
+    number = options.voi_number if channel == "file_voi" else channel.voi
+    fallback = f"robust window {_percentile_text(options.percentiles)}"
     try:
-        return apply_file_voi(image.values, header.dataset, image.frame_index, number)
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, NotImplementedError) as error:
-        raise UnreadableImageError(f"{header.path}: cannot apply the file's VOI LUT: {one_line(error)}") from error
+        found = apply_file_voi(image.values, header.dataset, image.frame_index, number)
+    except UnusableVOI as error:
+        found, fallback = None, f"{error}; {fallback}"
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as error:  # malformed module
+        found, fallback = None, f"file VOI LUT unreadable ({one_line(error)}); {fallback}"
+    else:
+        fallback += " (no VOI LUT in file)"
+    if found is not None:
+        return found
+    return percentile_window(image.values, image.valid, *options.percentiles)[0], fallback
 
 
 def _mr_chip(image: DicomImage, header: DicomHeader, task: FileTask) -> tuple[np.ndarray, np.ndarray, str]:
@@ -109,11 +120,11 @@ def _colour_chip(image: DicomImage, header: DicomHeader, task: FileTask) -> tupl
         text = f"robust window {_percentile_text(percentiles)}"
     if image.needs_inversion:
         scaled = 1.0 - scaled
-    region = ultrasound_regions(header.dataset, image.valid.shape)
-    where = "ultrasound regions" if region is not None else "constant border removed"
+    region, where = ultrasound_regions(header.dataset, image.valid.shape), "ultrasound regions"
     if region is None:
         region = constant_border_region(image.values, image.sample_max or float(np.max(image.values, initial=1)))
-    valid = image.valid & region
+        where = "constant border removed" if region is not None else "no scan region or constant border found"
+    valid = image.valid if region is None else image.valid & region
     scaled = np.where(valid[..., None], scaled, 0.0).astype(np.float32)
     chip, valid = letterbox_chip(np.ascontiguousarray(np.moveaxis(scaled, -1, 0)), valid, task.cfg.chip_size)
     return chip, valid, f"{'RGB' if image.values.ndim == 3 else 'grey as RGB'} {text}, {where}"
@@ -139,8 +150,8 @@ class DicomIntensity:
 
 
 def _xray_channel_names(options: DicomOptions) -> list[str]:
-    return ["voi_file" if channel == "file_voi" else f"window_{_percentile_text(channel.percentiles)}"
-            for channel in options.xray_channels]
+    return ["voi_file" if channel == "file_voi" else f"voi_{channel.voi}" if isinstance(channel, FileVoiChannel)
+            else f"window_{_percentile_text(channel.percentiles)}" for channel in options.xray_channels]
 
 
 DICOM_INTENSITY: dict[str, DicomIntensity] = {
@@ -174,12 +185,25 @@ def read_dicom_file(task: FileTask) -> FileChips:
     if recipe is None:
         raise ValueError(f"preset {task.cfg.preset} does not read DICOM")
     intensity = DICOM_INTENSITY[recipe.intensity]
-    header = open_dicom(task.path, fast_header=intensity.fast_header)
+    try:
+        header = open_dicom(task.path, fast_header=intensity.fast_header)
+    except UnreadableImageError as error:  # its identifiers still redact its path, its modality is counted
+        phi, modality = read_identifiers(task.path)
+        return failed_file(task, error, phi=phi, modality=modality)
     out = FileChips(task.relative, channel_names=intensity.channel_names(task.cfg.dicom), modality=header.modality,
                     phi=header.phi)
     out.skipped = skip_reason(header, task, recipe)
     if out.skipped:
         return out
+    try:
+        _read_images(out, header, intensity, task)
+    except UnreadableImageError as error:
+        return failed_file(task, error, phi=header.phi, modality=header.modality)
+    return out
+
+
+def _read_images(out: FileChips, header: DicomHeader, intensity: DicomIntensity, task: FileTask) -> None:
+    """Decode every frame (MOSAIC: slice) of the file into ``out``."""
     for image in header.images(keep_colour=intensity.keep_colour):
         chip, valid, out.intensity = intensity.chip(image, header, task)
         out.group_by = image.group_by
@@ -187,12 +211,11 @@ def read_dicom_file(task: FileTask) -> FileChips:
         out.valid.append(valid)
         out.rows.append({"source": task.relative, "frame": image.frame_index,
                          "group": pseudonymise(image.patient_key or task.relative, task.salt),
-                         "label": task.labels.get(task.relative, "")})
+                         "label": task.labels.get(task.relative, ""), "fit": "letterbox"})
         out.masks.append(dicom_frame_mask(task, image.frame_index, image.values.shape[:2], valid))
         if intensity.deferred:
             out.deferred_group = pseudonymise(image.series_key or task.relative, task.salt)
             out.invert = image.needs_inversion
-    return out
 
 
 def dicom_frame_mask(task: FileTask, frame_index: int, shape: tuple[int, ...],

@@ -34,6 +34,7 @@ from pipeline.data.sources import (
     MASK_NODATA, FileChips, FileTask, constant_chips, read_class_names, read_file_safely, read_labels_csv,
     read_mask_classes,
 )
+from pipeline.data.value_ranges import ClipCounts, clip_counts, fit_range, to_unit
 from pipeline.data.splits import check_no_leakage, group_split, spatial_block_split
 from pipeline.presets import DomainPreset
 
@@ -76,6 +77,9 @@ class IngestedChips:
     masks: list[np.ndarray | None] = field(default_factory=list)
     mask_classes: list[str] = field(default_factory=list)
     deferred: list[tuple[str, bool]] = field(default_factory=list)  # per chip: (normalisation group, invert)
+    range_group: list[str] = field(default_factory=list)  # per chip: "" or its value-range group (GeoTIFF)
+    clip_counts: ClipCounts = field(default_factory=ClipCounts)  # pixels clipped by a configured value range
+    band_plan: dict[str, object] = field(default_factory=dict)  # GeoTIFF: the domain's band set, for the report
     rejected: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     labels: list[dict[str, object]] = field(default_factory=list)  # DICOM-SEG / RTSTRUCT used as masks
@@ -106,6 +110,8 @@ class IngestedChips:
         self.rows += result.rows
         self.masks += result.masks or [None] * len(result.images)
         self.deferred += [(result.deferred_group, result.invert)] * len(result.images)
+        self.range_group += [result.range_group] * len(result.images)
+        self.clip_counts.add(result.clip_counts)
 
     def _count_modality(self, modality: str, outcome: str) -> None:
         if modality:
@@ -113,9 +119,10 @@ class IngestedChips:
 
     def add_label_objects(self, found: FolderLabels, strict: bool) -> None:
         """Merge the first pass's outcomes; ``strict`` stops at the first (by path) unusable label object."""
+        self.identifiers.update(found.identifiers)
         bad = sorted(found.rejected + found.skipped, key=lambda line: line["path"])
         if strict and bad:
-            raise IngestError(bad[0]["reason"])
+            raise IngestError(PathRedactor(self.identifiers, phi_salt()).text(bad[0]["reason"]))
         self.rejected += found.rejected
         self.skipped += found.skipped
         self.labels += found.used
@@ -129,12 +136,45 @@ class IngestedChips:
             constant = [flag and bool(group) for flag, (group, _) in zip(flags, self.deferred)]
             for index in np.flatnonzero(constant):
                 self.files[str(self.rows[index]["source"])].dropped_constant += 1
-            keep = [not flag for flag in constant]
-            for name in ("images", "valid", "rows", "masks", "deferred"):
-                setattr(self, name, [value for value, kept in zip(getattr(self, name), keep) if kept])
+            self.keep_chips([not flag for flag in constant])
         chips = Counter(str(row["source"]) for row in self.rows)
         for relative, outcome in self.files.items():
             self._count_modality(outcome.modality, "ingested" if chips[relative] else "no_chips")
+
+    def keep_chips(self, keep: list[bool]) -> None:
+        """Drop the chips where ``keep`` is False from every per-chip list."""
+        for name in ("images", "valid", "rows", "masks", "deferred", "range_group"):
+            setattr(self, name, [value for value, kept in zip(getattr(self, name), keep) if kept])
+
+    def map_pending_ranges(self, splits: list[str], cfg: DomainDataConfig) -> tuple[dict, list[str]]:
+        """Fit each range group's per-channel value range on its train-split chips (all its chips when it has no
+        training chip), map every pending chip to [0, 1], then drop the ones that are constant
+        (:func:`constant_chips`). Returns the report's ``value_range`` entry and the splits of the chips kept."""
+        percentiles = tuple(cfg.geotiff.range_percentiles)
+        text = "-".join(f"p{v:g}" for v in percentiles)
+        groups, dropped = {}, set()
+        for group in sorted({g for g in self.range_group if g}):
+            members = [i for i, g in enumerate(self.range_group) if g == group]
+            train = [i for i in members if splits[i] == "train"]
+            low, high = fit_range([self.images[i] for i in train or members], [self.valid[i] for i in train or members],
+                                  percentiles)
+            counts = ClipCounts()
+            for i in members:
+                counts.add(clip_counts(self.images[i], self.valid[i], low, high))
+                self.images[i] = to_unit(self.images[i], self.valid[i], low, high)
+            constant = constant_chips([self.images[i] for i in members], [self.valid[i] for i in members])
+            dropped |= {i for i, flag in zip(members, constant) if flag}
+            groups[group] = {"from": f"train split: {text} of valid pixels" if train else
+                             f"all {len(members)} chips (none in the train split): {text}",
+                             "chips": len(members),
+                             "channels": {name: [round(float(a), 6), round(float(b), 6)]
+                                          for name, a, b in zip(self.channel_names, low, high)},
+                             "clipped": counts.fractions(self.channel_names)}
+        for i in dropped:
+            self.files[str(self.rows[i]["source"])].dropped_constant += 1
+        keep = [i not in dropped for i in range(len(self.images))]
+        self.keep_chips(keep)
+        return {"groups": groups}, [split for split, kept in zip(splits, keep) if kept]
 
     def no_chip_files(self) -> list[dict[str, str]]:
         """One line per readable file that gave no chip, with why."""
@@ -168,9 +208,16 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
     files = kind.list_files(source)
     mask_classes = read_mask_classes(source)
     found = kind.find_labels(source, files, mask_classes) if kind.find_labels else FolderLabels(files)
+    plan = kind.plan_files(source, found.images, cfg, domain) if kind.plan_files else None
+    if plan is not None:
+        found.rejected += plan.rejected
+        found.images = [path for path in found.images if path.relative_to(source).as_posix()
+                        not in {line["path"] for line in plan.rejected}]
     tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt,
-                      domain, found.frame_masks.get(path)) for path in found.images]
-    out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes)
+                      domain, found.frame_masks.get(path), bands=plan.bands.get(path) if plan else None,
+                      channel_names=plan.channel_names if plan else None) for path in found.images]
+    out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes,
+                        band_plan=plan.summary if plan else {})
     out.add_label_objects(found, strict)
     for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
         if strict and (result.rejected or result.skipped):
@@ -224,7 +271,17 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
         report = {"source": label, **outcome_report(found, 0, 0, {}, redact)}
         raise IngestFailed(f"{label}: no chips from {found.files_seen} {preset.reader} files "
                            f"({summarise_reasons(report)})", report)
-    splits = SPLITTERS[preset.split](found.rows, cfg, seed)
+    splits = [str(split) for split in SPLITTERS[preset.split](found.rows, cfg, seed)]
+    value_range = {}
+    if any(found.range_group):
+        value_range, splits = found.map_pending_ranges(splits, cfg)
+    elif found.clip_counts.total.size:
+        value_range = {"from": f"data.{domain or '<domain>'}.geotiff.value_range",
+                       "clipped": found.clip_counts.fractions(found.channel_names)}
+    if not found.images:
+        report = {"source": label, **outcome_report(found, 0, 0, {}, redact)}
+        raise IngestFailed(f"{label}: no chips left once each channel's value range was fitted "
+                           f"({summarise_reasons(report)})", report)
     keep = [i for i, split in enumerate(splits) if split != "buffer"]
     rows = [{**found.rows[i], "split": str(splits[i]), "chip_id": n} for n, i in enumerate(keep)]
     check_no_leakage([LEAKAGE_UNITS[preset.split](row, cfg) for row in rows], [row["split"] for row in rows])
@@ -240,9 +297,12 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     counts = {split: dict(sorted(Counter(r["label"] or "<unlabelled>" for r in rows if r["split"] == split).items()))
               for split in ("train", "val", "test")}
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,
-             "chip_size": cfg.chip_size, "counts": counts, "mask_classes": mask_classes, "statistics_from": "train split, 2-98 % clipped"}
+             "chip_size": cfg.chip_size, "counts": counts, "mask_classes": mask_classes,
+             "statistics_from": "train split, 2-98 % clipped", **({"value_range": value_range} if value_range else {})}
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     report = {"source": label, **outcome_report(found, len(rows), len(splits) - len(keep), counts, redact)}
+    if value_range:
+        report["value_range"] = value_range
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("ingested %d chips from %s: %s", len(rows), label, report["files"])
     return report
@@ -280,6 +340,8 @@ def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts
         "counts": counts,
         "intensity": dict(sorted(Counter(o.intensity for o in ingested.values() if o.intensity).items())),
     }
+    if found.band_plan:
+        report["bands"] = found.band_plan
     if found.modalities:
         report["modalities"] = {m: dict(sorted(c.items())) for m, c in sorted(found.modalities.items())}
     grouped = Counter(o.group_by for o in ingested.values() if o.group_by)

@@ -49,22 +49,30 @@ def identifier_tokens(values: Iterable[str]) -> set[str]:
 class PathRedactor:
     """Replaces path components that contain a patient identifier of the folder by ``redacted-<hash>``.
 
-    A component matches when it *contains* an identifier token, case and separators ignored, so
-    ``DOE^JANE_1234567`` matches PatientName ``DOE^JANE`` and PatientID ``1234567``, and ``Jane Doe`` matches
-    ``DOE^JANE`` by its parts. Over-matching only makes a harmless name opaque; under-matching leaks.
+    A component matches when, case and separators ignored, it *contains* an identifier or a name part of at
+    least :data:`MIN_TOKEN_CHARS` characters (``DOE^JANE_1234567`` matches PatientName ``DOE^JANE`` and PatientID
+    ``1234567``), *is* an identifier of any length (a folder ``42`` for PatientID 42), or holds every part of a
+    person name as its words in any order (``WU_LI`` for ``LI^WU``). Over-matching only makes a harmless name
+    opaque; under-matching leaks.
     """
 
     def __init__(self, identifiers: Iterable[str], salt: str) -> None:
+        identifiers = [value for value in identifiers if value.strip()]
         self.tokens = sorted({token.replace(" ", "") for token in identifier_tokens(identifiers)})
+        self.whole = {_normalised(value).replace(" ", "") for value in identifiers}
+        self.names = [frozenset(_normalised(value).split()) for value in identifiers
+                      if "^" in value or " " in value.strip()]
         self.salt = salt
 
     def component_has_identifier(self, component: str) -> bool:
-        squeezed = _normalised(component).replace(" ", "")
-        return any(token in squeezed for token in self.tokens)
+        words = _normalised(component).split()
+        squeezed = "".join(words)
+        return (squeezed in self.whole or any(token in squeezed for token in self.tokens)
+                or any(name and name <= set(words) for name in self.names))
 
     def path(self, relative: str) -> str:
         """``relative`` (``/``-separated) with each identifying component replaced."""
-        if not self.tokens:
+        if not (self.tokens or self.whole):
             return relative
         return "/".join(f"redacted-{pseudonymise(part, self.salt)[:10]}" if self.component_has_identifier(part)
                         else part for part in relative.split("/"))
@@ -72,6 +80,6 @@ class PathRedactor:
     def text(self, line: str) -> str:
         """A reason line with every word or path in it redacted as :meth:`path` redacts a path (a reason names
         its file, and sometimes a side file: ``masks/<file>.png``)."""
-        if not self.tokens:
+        if not (self.tokens or self.whole):
             return line
         return _WORDS.sub(lambda match: self.path(match.group()), line)

@@ -18,13 +18,11 @@ Config policies (``data.<domain>.geotiff``):
 
 - ``bands``: 1-based indexes or names. For a file, indexes count every band of the file (an alpha band is
   validity, never a channel) and names match band descriptions (``band_<i>`` where a band has none); for a
-  band folder, names are the band tokens (``B02``, ``B8A``) and indexes count them in Sentinel-2 order.
-  Names match case-insensitively; an unknown one rejects the scene naming the key and the available names.
-- ``value_range``: ``[low, high]`` of the physical values (scale / offset applied) mapped linearly to the
-  [0, 1] augmentation space, ``(x − low) / (high − low)`` then clipped. ``null`` infers it: [0, 1] when every
-  selected band is floating point or has a scale tag ≠ 1 (reflectance), [0, 255] when all are unscaled
-  uint8 (RGB photos, quick-looks); any other unscaled integer scene (e.g. uint16 digital numbers) is
-  rejected with a reason naming the key, because no range can be guessed safely for it.
+  band folder, names are the band tokens (``B02``, ``B8A``, ``VV``) and indexes count them in Sentinel-2
+  order. Names match through :func:`pipeline.data.bands.canonical_band` (``nir`` = ``NIR`` = ``B08``); an
+  unknown one rejects the scene naming the key and the available names. ``null``: the band set most scenes
+  share (:func:`pipeline.data.bands.choose_band_set`, decided before any pixel is read).
+- ``value_range``: see :mod:`pipeline.data.value_ranges` (configured, or the train split's robust range).
 
 Labels (mirror the raster-mask convention): ``masks/<scene>`` with the scene's own path, or its name alone
 in a flat ``masks/`` folder, where ``<scene>`` is the file's path (``masks/scenes/a.tif``, a class raster on
@@ -47,12 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.bands import match_band
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import (
     GeoChip, SceneInfo, iter_chips, open_raster, read_label_chip, read_scene_info, zero_invalid,
 )
 from pipeline.io.geotiff_labels import VectorLabels, rasterize_labels, read_vector_labels
-from pipeline.io.geotiff_stack import BAND_TOKEN, find_band_files, iter_stack_chips, plan_band_stack
+from pipeline.io.geotiff_stack import band_token, find_band_files, iter_stack_chips, plan_band_stack
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 LABEL_FOLDER = "masks"
@@ -97,8 +96,8 @@ class ChipLabels:
 # --- which paths are scenes --------------------------------------------------------------------------
 
 def is_band_folder(rasters: Sequence[Path]) -> bool:
-    """True when a folder's rasters (two or more) all carry a band token in their file names."""
-    return len(rasters) >= 2 and all(BAND_TOKEN.search(path.stem) for path in rasters)
+    """True when a folder's rasters (two or more) all carry a band token (``B02``, ``VV`` …) in their names."""
+    return len(rasters) >= 2 and all(band_token(path.stem) for path in rasters)
 
 
 def list_scenes(source: Path) -> list[Path]:
@@ -148,55 +147,12 @@ def select_bands(requested: Sequence[int | str] | None, names: Sequence[str], se
                                            f"{list(selectable)} ({available})")
             picked.append(band)
             continue
-        matches = [i for i in selectable if names[i - 1].casefold() == str(band).casefold()]
+        matches = [i for i in match_band(str(band), names) if i in selectable]
         if len(matches) != 1:
             problem = "matches several bands" if matches else "matches no band"
             raise UnreadableImageError(f"{where}: {key}: {band!r} {problem}; available names: {available}")
         picked.append(matches[0])
     return tuple(picked)
-
-
-def _default_range(dtype: str, scale: float) -> tuple[float, float] | None:
-    if np.issubdtype(np.dtype(dtype), np.floating) or scale != 1.0:
-        return (0.0, 1.0)
-    return (0.0, 255.0) if dtype == "uint8" else None
-
-
-def value_range(scene: Scene, configured: Sequence[float] | None, key: str) -> tuple[float, float]:
-    """The configured ``[low, high]``, or the one inferred from the channels' dtypes and scale tags.
-
-    Raises:
-        UnreadableImageError: nothing configured and the scene has unscaled integer bands other than uint8,
-            or mixes unscaled uint8 with scaled / float bands (names the scene and the key).
-    """
-    if configured is not None:
-        return float(configured[0]), float(configured[1])
-    inferred = [_default_range(dtype, scale) for dtype, scale in zip(scene.dtypes, scene.scales, strict=True)]
-    if None in inferred:
-        dtype = scene.dtypes[inferred.index(None)]
-        raise UnreadableImageError(f"{scene.path}: {dtype} without scale tags: set {key} "
-                                   "(e.g. [0, 10000]) to map its values to [0, 1]")
-    if len(set(inferred)) > 1:
-        raise UnreadableImageError(f"{scene.path}: bands mix unscaled uint8 with scaled or floating-point "
-                                   f"bands ({list(scene.dtypes)}): set {key}")
-    return inferred[0]
-
-
-def to_unit_range(data: np.ndarray, valid: np.ndarray, low: float, high: float) -> np.ndarray:
-    """(C, H, W) physical values → (x − low) / (high − low) clipped to [0, 1], float32, 0.0 where invalid.
-
-    With [0, 1] this is exactly ``np.clip(data, 0, 1)`` (subtracting 0 and dividing by 1 are exact), one pass
-    instead of three per chip. The caller's chip stays as read.
-    """
-    if low == 0 and high == 1:
-        unit = np.clip(data, 0.0, 1.0).astype(np.float32, copy=False)
-    else:
-        unit = data.astype(np.float32)
-        unit -= np.float32(low)
-        unit /= np.float32(high - low)
-        np.clip(unit, 0.0, 1.0, out=unit)
-    zero_invalid(unit, valid)
-    return unit
 
 
 # --- the two openers ---------------------------------------------------------------------------------
@@ -225,6 +181,18 @@ def open_band_folder(folder: Path, bands: Sequence[int | str] | None, key: str) 
                      data_bands=tuple(range(1, len(infos) + 1)))
     return Scene(path=folder, grid=grid, channel_names=stack.band_names, dtypes=tuple(i.dtype for i in infos),
                  scales=grid.scales, read_chips=partial(iter_stack_chips, stack))
+
+
+def scene_band_names(path: Path) -> list[str]:
+    """The data bands' names of a scene, in band order, from its header alone (band folder: its band tokens).
+
+    Raises:
+        UnreadableImageError: unreadable or unsupported (the reader reports it again, with the same line).
+    """
+    if path.is_dir():
+        return list(find_band_files(path, GEOTIFF_SUFFIXES))
+    info = read_scene_info(path)
+    return [info.band_names[i - 1] for i in info.data_bands]
 
 
 def open_scene(path: Path, bands: Sequence[int | str] | None, key: str) -> Scene:

@@ -47,7 +47,7 @@ import numpy as np
 from pipeline.data.chips import MASK_IGNORE
 from pipeline.data.phi import PathRedactor, phi_salt
 from pipeline.io import UnreadableImageError
-from pipeline.io.dicom import PHI_KEYWORDS
+from pipeline.io.dicom import PHI_KEYWORDS, read_identifiers
 from pipeline.io.dicom_files import frame_count, one_line, read_dataset, segmentation_kind
 from pipeline.io.dicom_rtstruct import ImagePlane, image_plane, read_rtstruct_layers
 from pipeline.io.dicom_seg import (
@@ -81,6 +81,7 @@ class FolderLabels:
     used: list[dict[str, object]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    identifiers: set[str] = field(default_factory=set)  # label objects' patient identifiers: redact their paths
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ def find_dicom_labels(source: Path, files: list[Path], mask_classes: list[str]) 
     objects = [path for path in files if kinds[path] is not None]
     if not objects:
         return out
+    out.identifiers = {value for path in objects for value in read_identifiers(path)[0]}
     index = index_images(out.images, source, with_planes="RTSTRUCT" in kinds.values())
     planes = {(uid, number): plane for uid, entry in index.items() for number, plane in entry.planes.items()}
     used = [item for order, path in enumerate(objects)

@@ -1,8 +1,9 @@
 """One source file → its chips, or the one-line reason it was rejected or skipped.
 
 The parts every reader shares (the picklable :class:`FileTask` and :class:`FileChips`, labels and classes, chip
-resizing, masks, the constant-chip rule) and the GeoTIFF and plain-image readers; DICOM is
-:mod:`pipeline.data.dicom_source`, and :mod:`pipeline.data.source_kinds` lists which reader a preset uses.
+resizing, masks, the constant-chip rule) and the plain-image reader; DICOM is :mod:`pipeline.data.dicom_source`,
+GeoTIFF :mod:`pipeline.data.geotiff_source`, and :mod:`pipeline.data.source_kinds` lists which reader a preset
+uses.
 Reading a file is a top-level function of one :class:`FileTask`, so ingest can hand files to worker processes
 and still merge results in a fixed order.
 """
@@ -17,12 +18,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import rasterio
 
 from pipeline.config import DomainDataConfig
-from pipeline.data.scenes import (
-    GDAL_CACHE_BYTES, list_scenes, open_chip_labels, open_scene, to_unit_range, value_range,
-)
+from pipeline.data.value_ranges import ClipCounts
 from pipeline.data.phi import DEFAULT_SALT, phi_salt, pseudonymise  # noqa: F401  (re-exported)
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import NotAnImageError
@@ -49,6 +47,10 @@ class FileTask:
     # DICOM-SEG / RTSTRUCT class ids on the image's own grid by 1-based frame number (a frame not in it is
     # all background); None when no segmentation object references the file (pipeline.data.segmentations).
     frame_masks: dict[int, np.ndarray] | None = None
+    # GeoTIFF: the bands this scene gives and the domain's channel names, settled from every scene's header
+    # before reading (pipeline.data.geotiff_source.plan_scenes); None = data.<domain>.geotiff.bands as is
+    bands: tuple[int | str, ...] | None = None
+    channel_names: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -75,6 +77,10 @@ class FileChips:
     # series (pipeline.data.dicom_source.normalise_deferred); "" = already in [0, 1]
     deferred_group: str = ""
     invert: bool = False  # MONOCHROME1, for deferred chips: inverted once mapped
+    # GeoTIFF chips still in physical units, to be mapped to [0, 1] by the range fitted on the train split's
+    # chips of the same group (stored type and scale: pipeline.data.value_ranges); "" = already mapped
+    range_group: str = ""
+    clip_counts: ClipCounts = field(default_factory=ClipCounts)  # pixels clipped by a configured range
 
     def keep_chips(self, keep: list[bool]) -> None:
         """Drop the chips (with their rows and masks) where ``keep`` is False."""
@@ -97,24 +103,30 @@ def constant_chips(images: list[np.ndarray], valid: list[np.ndarray]) -> list[bo
     A blank radiograph (every pixel below the window), a saturated one, or a SAR scene mapped with the wrong
     range carries no signal; trained on, it teaches SimCLR that blank matches blank. "Near-constant": the spread
     between the 1st and 99th percentile of every channel's valid pixels is under :data:`CONSTANT_SPREAD` (a
-    thousandth of the [0, 1] range), so a few hot pixels or a thin edge do not rescue a blank chip. The
-    percentiles are taken on a regular subsample of at most :data:`CONSTANT_SAMPLES` valid pixels per channel
-    (exact percentiles of every pixel cost 15 % of a CT ingest); a chip without valid pixels counts as constant.
+    thousandth of the [0, 1] range), so a few hot pixels or a thin edge do not rescue a blank chip. A regular
+    subsample of :data:`CONSTANT_SAMPLES` valid pixels per channel clears most chips cheaply (exact percentiles
+    of every pixel cost 15 % of a CT ingest); a chip the subsample finds constant is checked on all its pixels
+    before it is called constant, so a thin stripe or a small object between the sampled pixels still counts.
+    A chip without valid pixels is constant.
     """
     flags = []
     for image, mask in zip(images, valid):
         pixels = np.asarray(image).reshape(image.shape[0], -1)
         if not mask.all():
             pixels = pixels[:, np.asarray(mask).reshape(-1)]
-        count = pixels.shape[1]
-        if count == 0:
+        if pixels.shape[1] == 0:
             flags.append(True)
             continue
-        pixels = pixels[:, ::max(1, count // CONSTANT_SAMPLES)]
-        low, high = int(0.01 * (pixels.shape[1] - 1)), int(np.ceil(0.99 * (pixels.shape[1] - 1)))
-        ordered = np.partition(pixels, (low, high), axis=1)
-        flags.append(bool((ordered[:, high] - ordered[:, low]).max() < CONSTANT_SPREAD))
+        sampled = pixels[:, ::max(1, pixels.shape[1] // CONSTANT_SAMPLES)]
+        flags.append(_spread_below(sampled) and _spread_below(pixels))
     return flags
+
+
+def _spread_below(pixels: np.ndarray) -> bool:
+    """Whether every row of (C, P) ``pixels`` has its 1st–99th percentile spread under CONSTANT_SPREAD."""
+    low, high = int(0.01 * (pixels.shape[1] - 1)), int(np.ceil(0.99 * (pixels.shape[1] - 1)))
+    ordered = np.partition(pixels, (low, high), axis=1)
+    return bool((ordered[:, high] - ordered[:, low]).max() < CONSTANT_SPREAD)
 
 
 def read_labels_csv(source: Path) -> dict[str, str]:
@@ -190,13 +202,20 @@ def read_file_safely(reader: Callable[[FileTask], FileChips], task: FileTask) ->
     (:func:`constant_chips`), except deferred ones, which are checked once their group is mapped."""
     try:
         chips = reader(task)
-    except NotAnImageError as error:  # a subclass of UnreadableImageError: catch it first
-        return FileChips(task.relative, skipped=_relative_reason(error, task))
     except UnreadableImageError as error:
-        return FileChips(task.relative, rejected=_relative_reason(error, task))
-    if not chips.deferred_group:
+        return failed_file(task, error)
+    if not chips.deferred_group and not chips.range_group:
         chips.drop_constant_chips()
     return chips
+
+
+def failed_file(task: FileTask, error: UnreadableImageError, **known: object) -> FileChips:
+    """The result of a file that gave nothing: *skipped* for a non-image object (SR, SEG, DICOMDIR …), else
+    *rejected*, with the one-line reason relative to the source; ``known`` keeps what was read before the failure
+    (``phi``, ``modality``)."""
+    reason = _relative_reason(error, task)
+    outcome = {"skipped": reason} if isinstance(error, NotAnImageError) else {"rejected": reason}
+    return FileChips(task.relative, **outcome, **known)
 
 
 def _relative_reason(error: Exception, task: FileTask) -> str:
@@ -228,56 +247,6 @@ def chip_mask(class_ids: np.ndarray, size: int, valid: np.ndarray, keep_aspect: 
     mask[top:top + inner_h, left:left + inner_w] = cv2.resize(class_ids.astype(np.uint8), (inner_w, inner_h),
                                                               interpolation=cv2.INTER_NEAREST)
     return np.where(valid, mask, MASK_NODATA).astype(np.uint8)
-
-
-# --- GeoTIFF -----------------------------------------------------------------------------------------
-
-def list_geotiff_files(source: Path) -> list[Path]:
-    """Scenes below the source: band folders and multi-band files (:func:`pipeline.data.scenes.list_scenes`)."""
-    return list_scenes(source)
-
-
-def read_geotiff_file(task: FileTask) -> FileChips:
-    """One scene (a multi-band file or a band folder) → a non-overlapping chip grid in [0, 1].
-
-    Bands and the value range follow ``data.<domain>.geotiff`` (see :mod:`pipeline.data.scenes`). Label =
-    dominant class of the scene's class raster or GeoJSON under ``masks/``, else its labels.csv row. GDAL's
-    block cache is capped at ``GDAL_CACHE_BYTES`` while reading, in whichever process reads.
-    """
-    key = f"data.{task.domain or '<domain>'}.geotiff"
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
-        scene = open_scene(task.path, task.cfg.geotiff.bands, f"{key}.bands")
-        low, high = value_range(scene, task.cfg.geotiff.value_range, f"{key}.value_range")
-        labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
-        out = FileChips(task.relative, channel_names=list(scene.channel_names),
-                        intensity=f"value range [{low:g}, {high:g}] -> [0, 1]")
-        if min(scene.grid.width, scene.grid.height) < task.cfg.chip_size:
-            out.no_chip_reason = (f"the {scene.grid.width}x{scene.grid.height} scene is smaller than chip_size "
-                                  f"{task.cfg.chip_size}")
-        for chip in scene.read_chips(task.cfg.chip_size):
-            if chip.valid_fraction < task.cfg.geotiff.min_valid_fraction:
-                out.dropped_low_valid += 1
-                continue
-            label, mask = task.labels.get(task.relative, ""), None
-            if labels is not None:
-                mask = np.where(chip.valid, labels.read(chip, task.cfg.chip_size), MASK_NODATA).astype(np.uint8)
-                label = dominant_class(mask, labels.class_names)
-            out.masks.append(mask)
-            # [0, 1] is the augmentation space (reflectance > 1 is saturated cloud); standardised values
-            # downstream are never clamped.
-            out.images.append(to_unit_range(chip.data, chip.valid, low, high))
-            out.valid.append(chip.valid)
-            out.rows.append({"source": task.relative, "group": task.relative, "label": label, "row": chip.row,
-                             "col": chip.col, "crs": scene.grid.crs,
-                             "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
-    return out
-
-
-def dominant_class(mask: np.ndarray, class_names: list[str]) -> str:
-    values = mask[mask != MASK_NODATA]
-    if values.size == 0:
-        return ""
-    return class_names[int(np.bincount(values.astype(np.int64)).argmax())]
 
 
 # --- plain images (PNG / JPEG / TIFF) ----------------------------------------------------------------

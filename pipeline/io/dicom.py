@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.io import UnreadableImageError
@@ -213,6 +214,18 @@ def open_dicom(path: Path, fast_header: bool = True) -> DicomHeader:
     image_type = tuple(str(v).strip().upper() for v in _values(ds.get("ImageType")))
     phi = tuple(v for v in (str(ds.get(k, "") or "").strip() for k in PHI_KEYWORDS) if v)
     return DicomHeader(path, ds, str(ds.get("Modality", "") or "").strip().upper(), photometric, image_type, phi)
+
+
+def read_identifiers(path: Path) -> tuple[tuple[str, ...], str]:
+    """(PatientName / PatientID / AccessionNumber values, Modality) of a file whatever its state, for redacting
+    its path and counting it when it is rejected; ``((), "")`` when nothing can be read. Never raises."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                             specific_tags=[*PHI_KEYWORDS, "Modality"])
+        phi = tuple(v for v in (str(ds.get(k, "") or "").strip() for k in PHI_KEYWORDS) if v)
+        return phi, str(ds.get("Modality", "") or "").strip().upper()
+    except Exception:  # truncated, not DICOM, odd encodings: nothing to learn, nothing to redact
+        return (), ""
 
 
 def _values(value: object) -> list[object]:

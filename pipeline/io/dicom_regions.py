@@ -56,8 +56,9 @@ def _int(item: Dataset, keyword: str) -> int | None:
         return None
 
 
-def constant_border_region(image: np.ndarray, sample_max: float) -> np.ndarray:
-    """(H, W) bool: the image inside a constant-colour border (see the module docstring).
+def constant_border_region(image: np.ndarray, sample_max: float) -> np.ndarray | None:
+    """(H, W) bool: the image inside a constant-colour border (see the module docstring); None when the border
+    has no dominant colour (within the tolerance of its median colour), i.e. the frame is all image.
 
     Args:
         image: (H, W) or (H, W, C) samples.
@@ -66,11 +67,10 @@ def constant_border_region(image: np.ndarray, sample_max: float) -> np.ndarray:
     pixels = image.reshape(*image.shape[:2], -1).astype(np.float32, copy=False)
     height, width = pixels.shape[:2]
     border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    colours, counts = np.unique(border, axis=0, return_counts=True)
-    if counts.max() < BORDER_DOMINANCE * len(border):
-        return np.ones((height, width), dtype=bool)
-    background_colour = colours[counts.argmax()]
     tolerance = BACKGROUND_TOLERANCE * max(float(sample_max), 1.0)
+    background_colour = np.median(border, axis=0)  # robust to text and bars that reach the edge
+    if (np.abs(border - background_colour) <= tolerance).all(axis=-1).mean() < BORDER_DOMINANCE:
+        return None
     background = (np.abs(pixels - background_colour) <= tolerance).all(axis=-1).astype(np.uint8)
     outside = _touching_border(background)
     count, labels, stats, _ = cv2.connectedComponentsWithStats((~outside).astype(np.uint8), connectivity=8)

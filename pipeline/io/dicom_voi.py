@@ -1,23 +1,31 @@
 """The file's own VOI LUT for projection radiography (CR, DX, MG, RF, XA, IO): stored detector signal → display.
 
 A radiograph's stored values are detector signal with a wide, vendor-specific range; the VOI LUT module is the
-mapping the radiologist's viewer applies (PS3.3 C.11.2): a VOI LUT Sequence (a lookup table), or Window Center /
-Width with a VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID). A file may hold several alternatives ("views");
-``number`` picks one (1-based, as the standard numbers them), and the description returned says which was used.
+mapping the radiologist's viewer applies (PS3.3 C.11.2): VOI LUT Sequence items (lookup tables) and Window Center /
+Width pairs with a VOI LUT Function (LINEAR, LINEAR_EXACT or SIGMOID). A file may hold several alternatives
+("views"): they are numbered 1 … k for the tables, then k + 1 … k + m for the windows, and ``number`` picks one
+(the first table, else the first window, is what a viewer shows by default, as pydicom's ``prefer_lut``). The
+description returned says which was used.
 
-pydicom's ``apply_voi_lut`` does the mapping; this module only finds the module for a frame (enhanced objects keep
-it in the Frame VOI LUT functional group), chooses LUT over window as pydicom does (``prefer_lut``), and rescales
-the output to [0, 1] by the mapping's own output range: the LUT's entries, or the window's ``y_min … y_max``.
+Windows are applied by pydicom's ``apply_voi_lut`` and rescaled by the window's own output range
+``y_min … y_max``. Tables are looked up here, as the standard defines it (input below the first mapped value →
+first entry, beyond the last → last entry): pydicom 3.0's ``apply_voi`` builds its index array in the table's
+output type, so an 8-bit table of more than 256 entries wraps around. The first mapped value is read as signed
+when the descriptor stores it as US but the pixels are signed (a common encoding of e.g. −2048 as 63488). Table
+output is rescaled by the table's own minimum and maximum entry. A window the standard does not allow (width < 1
+for LINEAR, ≤ 0 otherwise, an unknown function, malformed values) is not applied: the caller falls back to its
+robust window and says why.
 """
 
 from __future__ import annotations
 
+import struct
 import warnings
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_voi_lut
-from pydicom.pixels.processing import apply_voi
+from pydicom.uid import UID
 
 from pipeline.io.dicom_pixels import frame_modality_source, functional_group
 
@@ -26,9 +34,13 @@ _VOI_KEYWORDS = ("WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequenc
 _RANGE_KEYWORDS = ("PhotometricInterpretation", "BitsStored", "PixelRepresentation", "ModalityLUTSequence")
 
 
+class UnusableVOI(ValueError):
+    """The file's VOI LUT cannot be applied as the standard defines it (the message says why)."""
+
+
 def frame_voi_source(ds: Dataset, index: int) -> Dataset:
-    """The dataset to hand to ``apply_voi_lut`` for frame ``index``: the frame's Frame VOI LUT macro (per-frame,
-    else shared) with the frame's rescale, else ``ds`` itself (classic objects)."""
+    """The dataset holding frame ``index``'s VOI LUT module: its Frame VOI LUT macro (per-frame, else shared) with
+    the frame's rescale, else ``ds`` itself (classic objects)."""
     macro = functional_group(ds, index, "FrameVOILUTSequence")
     if macro is None:
         return ds
@@ -48,15 +60,18 @@ def frame_voi_source(ds: Dataset, index: int) -> Dataset:
     return source
 
 
-def voi_alternatives(source: Dataset) -> tuple[str, int]:
-    """(``"lut"`` | ``"window"`` | ``""``, how many alternatives): what ``apply_voi_lut`` would apply."""
-    items = source.get("VOILUTSequence") or []
-    if items and items[0].get("LUTDescriptor") is not None and items[0].get("LUTData") is not None:
-        return "lut", len(items)
+def voi_alternatives(source: Dataset) -> tuple[int, int]:
+    """(tables, windows): how many VOI LUT Sequence items and Window Center / Width pairs the module holds."""
+    items = [item for item in source.get("VOILUTSequence") or []
+             if item.get("LUTDescriptor") is not None and item.get("LUTData") is not None]
+    windows = 0
     if source.get("WindowCenter") is not None and source.get("WindowWidth") is not None:
-        centers = source["WindowCenter"]
-        return "window", int(centers.VM) if centers.VM else 0
-    return "", 0
+        windows = min(_multiplicity(source["WindowCenter"]), _multiplicity(source["WindowWidth"]))
+    return len(items), windows
+
+
+def _multiplicity(element) -> int:
+    return int(element.VM) if element.VM else 0
 
 
 def apply_file_voi(values: np.ndarray, ds: Dataset, index: int = 0,
@@ -67,46 +82,93 @@ def apply_file_voi(values: np.ndarray, ds: Dataset, index: int = 0,
         values: (H, W) modality values (after the modality LUT).
         ds: the dataset of the file.
         index: 0-based frame, for enhanced objects' per-frame VOI.
-        number: which of several VOI alternatives (1-based); when the file has fewer, the first is used and
-            the description says so.
+        number: which alternative (1-based: tables first, then windows); when the file has fewer, the first is
+            used and the description says so.
 
     Returns:
         ((H, W) float32 in [0, 1], not inverted for MONOCHROME1; a description such as
         ``"file window 2 of 3 (C 2048 W 4096, SIGMOID)"``), or None.
+
+    Raises:
+        UnusableVOI: the chosen alternative breaks the standard's rules (see the module docstring).
     """
     source = frame_voi_source(ds, index)
-    kind, count = voi_alternatives(source)
-    if not kind or count < 1:
+    tables, windows = voi_alternatives(source)
+    total = tables + windows
+    if total == 0:
         return None
-    chosen = number if number <= count else 1
+    chosen = number if number <= total else 1
     note = "" if chosen == number else f", voi_number {number} absent"
-    if kind == "lut":
-        item = source.VOILUTSequence[chosen - 1]
-        first, entries = _lut_domain(item)
-        table = apply_voi(np.arange(first, first + entries, dtype=np.int64), source, chosen - 1)
-        low, high = float(table.min()), float(table.max())
-        mapped = apply_voi(np.rint(values).astype(np.int64), source, chosen - 1)
-        text = f"file VOI LUT {chosen} of {count}{note}"
+    if chosen <= tables:
+        mapped = _lookup(values, source, source.VOILUTSequence[chosen - 1])
+        return mapped, f"file VOI LUT {chosen} of {total}{note}"
+    return _window(values, source, chosen - tables - 1, f"{chosen} of {total}", note)
+
+
+def _lookup(values: np.ndarray, source: Dataset, item: Dataset) -> np.ndarray:
+    """PS3.3 C.11.2.1.1: the table entry of each value, the output rescaled by the table's extremes."""
+    table = lut_entries(item, source)
+    first = first_mapped_value(item, source)
+    position = np.clip(np.rint(np.asarray(values, np.float64)) - first, 0, len(table) - 1).astype(np.int64)
+    low, high = float(table.min()), float(table.max())
+    if high <= low:
+        return np.zeros(np.shape(values), np.float32)
+    return ((table[position] - low) / (high - low)).astype(np.float32)
+
+
+def lut_entries(item: Dataset, source: Dataset) -> np.ndarray:
+    """A VOI LUT's entries as int64 (LUT Data is US, or OW bytes in the dataset's byte order)."""
+    descriptor = item.LUTDescriptor
+    entries = int(descriptor[0]) or 2 ** 16
+    element = item["LUTData"]
+    if element.VR == "OW" or isinstance(element.value, bytes | bytearray):
+        meta = getattr(source, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        little = syntax is None or UID(str(syntax)).is_little_endian
+        data = bytes(element.value)
+        table = np.frombuffer(data, dtype="<u2" if little else ">u2", count=len(data) // 2)
     else:
+        value = element.value
+        table = np.asarray([value] if isinstance(value, int) else list(value))
+    if len(table) < entries:
+        raise UnusableVOI(f"VOI LUT Data holds {len(table)} entries, its descriptor {entries}")
+    return table[:entries].astype(np.int64)
+
+
+def first_mapped_value(item: Dataset, source: Dataset) -> int:
+    """The descriptor's first mapped input value, signed when the pixels are (US 63488 → −2048)."""
+    first = int(item.LUTDescriptor[1])
+    signed = int(source.get("PixelRepresentation", 0) or 0) == 1
+    rescaled_negative = float(source.get("RescaleIntercept", 0) or 0) < 0
+    if first >= 2 ** 15 and (signed or rescaled_negative):
+        first -= 2 ** 16
+    return first
+
+
+def _window(values: np.ndarray, source: Dataset, position: int, which: str,
+            note: str) -> tuple[np.ndarray, str]:
+    """Window ``position`` (0-based) by pydicom's ``apply_voi_lut``, rescaled by its output range."""
+    function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    try:
+        center, width = _window_value(source, "WindowCenter", position), _window_value(source, "WindowWidth",
+                                                                                      position)
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            raise ValueError(f"unknown VOI LUT Function {function}")
+        if width < 1 if function == "LINEAR" else width <= 0:
+            raise ValueError(f"Window Width {width:g} not allowed for {function}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow at the sentinels (SIGMOID)
-            low, high = (float(v) for v in apply_voi_lut(np.array([-_SENTINEL, _SENTINEL]), source,
-                                                         chosen - 1, prefer_lut=False))
-            mapped = apply_voi_lut(np.asarray(values, np.float64), source, chosen - 1, prefer_lut=False)
-        function = str(source.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        center, width = _window_value(source, "WindowCenter", chosen), _window_value(source, "WindowWidth", chosen)
-        text = f"file window {chosen} of {count} (C {center:g} W {width:g}, {function}{note})"
+            low, high = (float(v) for v in apply_voi_lut(np.array([-_SENTINEL, _SENTINEL]), source, position,
+                                                         prefer_lut=False))
+            mapped = apply_voi_lut(np.asarray(values, np.float64), source, position, prefer_lut=False)
+    except (ValueError, TypeError, IndexError, AttributeError, struct.error) as error:
+        raise UnusableVOI(f"file window {which} unusable ({' '.join(str(error).split())})") from error
+    text = f"file window {which} (C {center:g} W {width:g}, {function}{note})"
     if high <= low:
         return np.zeros(np.shape(values), np.float32), text
     return np.clip((np.asarray(mapped, np.float64) - low) / (high - low), 0.0, 1.0).astype(np.float32), text
 
 
-def _lut_domain(item: Dataset) -> tuple[int, int]:
-    """(first mapped input value, number of entries) from a LUT Descriptor (0 entries means 2**16)."""
-    descriptor = item.LUTDescriptor
-    return int(descriptor[1]), int(descriptor[0]) or 2 ** 16
-
-
-def _window_value(source: Dataset, keyword: str, number: int) -> float:
+def _window_value(source: Dataset, keyword: str, position: int) -> float:
     element = source[keyword]
-    return float(element.value[number - 1] if element.VM > 1 else element.value)
+    return float(element.value[position] if element.VM > 1 else element.value)

@@ -9,8 +9,8 @@ instead of the full resolution (``overview_level``).
 Policies (what an Earth-observation archive holds, and what a chip then means):
 
 - **dtypes**: any band count; integer (8–64 bit) and float (32/64 bit) bands are scaled in float64 and stored
-  as float32, so ``scale·x + offset`` rounds once. Complex bands (SAR) are rejected: a complex number has no
-  single physical value.
+  as float32, so ``scale·x + offset`` rounds once. Complex bands (SAR single-look complex) are read as their
+  **amplitude** ``|z|`` (the phase of one image carries no learnable scene content), before scale / offset.
 - **scale / offset**: per-band ``scale`` / ``offset`` tags are always applied (physical = stored · scale +
   offset), so a reflectance ×10⁴ product and a float reflectance product give the same chip values.
 - **validity** follows GDAL's mask semantics via rasterio's ``read_masks`` (nodata value, internal or sidecar
@@ -44,8 +44,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, RasterioError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipeline.io import UnreadableImageError
@@ -135,6 +137,7 @@ class ReadPlan:
             no finiteness test is needed per chip.
         nodata_values: (C,) integer nodata of each band when every band's GDAL mask is its nodata value:
             compared with the stored values instead of reading GDAL's mask; None reads the mask.
+        complex_bands: the data bands are complex (SAR SLC): read as complex, kept as amplitude ``|z|``.
     """
 
     indexes: tuple[int, ...]
@@ -143,6 +146,7 @@ class ReadPlan:
     offsets: np.ndarray
     small_integers: bool = False
     nodata_values: tuple[int, ...] | None = None
+    complex_bands: bool = False
 
     def for_warped(self, vrt) -> ReadPlan:
         """The plan for a single-band WarpedVRT with an added alpha band (band 2): its mask is the alpha;
@@ -184,12 +188,8 @@ def check_supported(src, path: Path) -> None:
     """Reject rasters whose pixels cannot become chips faithfully; the reasons are the module's policies.
 
     Raises:
-        UnreadableImageError: complex bands, a rotated geotransform, or GCP-only / RPC-only georeferencing.
+        UnreadableImageError: a rotated geotransform, or GCP-only / RPC-only georeferencing.
     """
-    complex_types = sorted({t for t in src.dtypes if str(t).startswith("complex")})
-    if complex_types:
-        raise UnreadableImageError(f"{path}: complex bands ({', '.join(complex_types)}) are not supported; "
-                                   "convert them to real bands (amplitude, intensity, phase) first")
     a, b, _, d, e, _ = affine_tuple(src.transform)
     if src.transform.is_identity and src.gcps[0]:
         raise UnreadableImageError(f"{path}: georeferenced by {len(src.gcps[0])} GCPs only, no geotransform; "
@@ -220,7 +220,7 @@ def read_scene_info(path: Path) -> SceneInfo:
 
     Raises:
         UnreadableImageError: the file is missing, not a raster GDAL can open, or not supported
-            (complex bands, rotated, GCP-only or RPC-only; see the module's policies).
+            (rotated, GCP-only or RPC-only; see the module's policies).
     """
     path = Path(path)
     with open_raster(path) as src:
@@ -255,13 +255,17 @@ def read_plan(src, path: Path, bands: Sequence[int] | None = None) -> ReadPlan:
     scales = np.array([src.scales[i - 1] for i in indexes], dtype=np.float64)
     offsets = np.array([src.offsets[i - 1] for i in indexes], dtype=np.float64)
     read = indexes + ((alpha,) if alpha else ())
+    complex_bands = any(str(src.dtypes[i - 1]).startswith("complex") for i in indexes)  # GDAL CInt16 too
     return ReadPlan(indexes=indexes, alpha=alpha, scales=scales, offsets=offsets,
                     small_integers=_small_integers(src, read, scales, offsets),
-                    nodata_values=_nodata_values(src, indexes))
+                    nodata_values=None if complex_bands else _nodata_values(src, indexes),
+                    complex_bands=complex_bands)
 
 
 def _small_integers(src, read: tuple[int, ...], scales: np.ndarray, offsets: np.ndarray) -> bool:
     """One ≤ 16-bit integer dtype for all bands read (one ``read`` array), and finite scaled extremes."""
+    if any(str(src.dtypes[i - 1]).startswith("complex") for i in read):  # incl. GDAL's CInt16, unknown to numpy
+        return False
     dtypes = {np.dtype(src.dtypes[i - 1]) for i in read}
     if len(dtypes) != 1 or (dtype := dtypes.pop()).kind not in "iu" or dtype.itemsize > 2:
         return False
@@ -314,7 +318,9 @@ def read_window(src, plan: ReadPlan, window: Window,
     mask_bands = mask_bands_for(src, plan) if mask_bands is None else mask_bands
     channels = len(plan.indexes)
     stored = src.read(list(plan.indexes) + ([plan.alpha] if plan.alpha else []), window=window,
-                      out_dtype=None if plan.small_integers else "float64")
+                      out_dtype=None if plan.small_integers else "complex128" if plan.complex_bands else "float64")
+    if plan.complex_bands:  # SAR single-look complex: amplitude (alpha, if any, is real and stays as read)
+        stored = np.abs(stored)
     masks = []  # (H, W) bool, one per reason a pixel can be invalid; stored values first: scaling is in place
     if plan.alpha:
         masks.append(stored[channels] > 0)
@@ -456,17 +462,22 @@ def iter_chips(path: Path, chip_size: int, bands: Sequence[int] | None = None, *
             yield from _chips(overview, plan, chip_size, path)
 
 
-def _check_same_grid(src, scene: SceneInfo, mask_path: Path) -> None:
-    if (src.width, src.height) != (scene.width, scene.height):
-        raise UnreadableImageError(f"{mask_path}: label raster is {src.width}x{src.height} px but scene "
-                                   f"{scene.path.name} is {scene.width}x{scene.height} px")
+def _same_grid(src, scene: SceneInfo) -> bool:
     pixel = max(abs(scene.transform[0]), abs(scene.transform[4]), 1e-12)
-    if not np.allclose(affine_tuple(src.transform), scene.transform, rtol=0.0, atol=1e-6 * pixel):
-        raise UnreadableImageError(f"{mask_path}: label raster transform {affine_tuple(src.transform)} "
-                                   f"differs from scene {scene.path.name} {scene.transform}")
     crs = crs_string(src)
-    if crs and scene.crs and src.crs != CRS.from_user_input(scene.crs):
-        raise UnreadableImageError(f"{mask_path}: label raster CRS {crs} differs from scene CRS {scene.crs}")
+    return ((src.width, src.height) == (scene.width, scene.height)
+            and np.allclose(affine_tuple(src.transform), scene.transform, rtol=0.0, atol=1e-6 * pixel)
+            and (not crs or not scene.crs or src.crs == CRS.from_user_input(scene.crs)))
+
+
+def _on_scene_grid(src, scene: SceneInfo, mask_path: Path):
+    """A WarpedVRT of a class raster onto the scene's grid by nearest neighbour (class ids are not averaged);
+    pixels it does not cover read as 255, "ignore"."""
+    if not crs_string(src) or not scene.crs:
+        raise UnreadableImageError(f"{mask_path}: label raster is on another grid than scene {scene.path.name} "
+                                   "and one of them has no CRS, so it cannot be resampled onto the scene")
+    return WarpedVRT(src, crs=scene.crs, transform=Affine(*scene.transform[:6]), width=scene.width,
+                     height=scene.height, resampling=Resampling.nearest, nodata=255)
 
 
 def read_label_chip(mask_path: Path, row: int, col: int, chip_size: int,
@@ -478,26 +489,29 @@ def read_label_chip(mask_path: Path, row: int, col: int, chip_size: int,
         row: chip top-left row in the scene (``GeoChip.row``).
         col: chip top-left column in the scene (``GeoChip.col``).
         chip_size: chip side in pixels.
-        scene: the scene the chip came from; when given, the label raster must have the same size, transform
-            and CRS, so labels cannot silently shift by a few pixels. Pass it whenever it is at hand.
+        scene: the scene the chip came from; a label raster on another grid (land-cover products often have
+            another resolution, extent or CRS) is resampled onto the scene's grid by nearest neighbour, pixels it
+            does not cover reading 255 ("ignore"). Pass it whenever it is at hand.
 
     Returns:
         (chip_size, chip_size) array of class ids in the raster's own dtype (nodata values are returned as
         stored; the caller decides what they mean).
 
     Raises:
-        UnreadableImageError: unreadable file, more than one band, a different grid, or a window outside it.
+        UnreadableImageError: unreadable file, more than one band, another grid without a CRS to resample
+            by, or (same grid) a window outside it.
     """
     mask_path = Path(mask_path)
     with open_raster(mask_path) as src:
         if src.count != 1:
             raise UnreadableImageError(f"{mask_path}: label raster must have 1 band, found {src.count}")
-        if scene is not None:
-            _check_same_grid(src, scene, mask_path)
-        if row < 0 or col < 0 or row + chip_size > src.height or col + chip_size > src.width:
-            raise UnreadableImageError(f"{mask_path}: chip at row {row}, col {col} (size {chip_size}) lies "
-                                       f"outside the {src.width}x{src.height} px label raster")
         try:
+            if scene is not None and not _same_grid(src, scene):
+                with _on_scene_grid(src, scene, mask_path) as vrt:
+                    return vrt.read(1, window=Window(col, row, chip_size, chip_size))
+            if row < 0 or col < 0 or row + chip_size > src.height or col + chip_size > src.width:
+                raise UnreadableImageError(f"{mask_path}: chip at row {row}, col {col} (size {chip_size}) lies "
+                                           f"outside the {src.width}x{src.height} px label raster")
             return src.read(1, window=Window(col, row, chip_size, chip_size))
         except RasterioError as error:
             raise UnreadableImageError(

@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 
 BAND_FILE_SUFFIXES = (".tif", ".tiff", ".jp2")
 BAND_TOKEN = re.compile(r"(?<![A-Za-z0-9])B(\d{1,2})(A?)(?![0-9])", re.IGNORECASE)
+# SAR polarisations as band files name them (Sentinel-1 ``s1a-iw-grd-vv-….tiff``, BigEarthNet ``…_VH.tif``)
+POLARISATION_TOKEN = re.compile(r"(?<![A-Za-z0-9])(VV|VH|HH|HV)(?![A-Za-z0-9])", re.IGNORECASE)
+POLARISATION_ORDER = ("VV", "VH", "HH", "HV")
+
+
+def band_token(stem: str) -> str | None:
+    """The band a file name names: ``B02`` (``B2`` normalised), ``B8A``, or a polarisation ``VV`` … ; else None."""
+    match = BAND_TOKEN.search(stem)
+    if match is not None:
+        number, suffix = int(match.group(1)), match.group(2).upper()
+        return f"B{number}{suffix}" if suffix else f"B{number:02d}"
+    match = POLARISATION_TOKEN.search(stem)
+    return match.group(1).upper() if match is not None else None
 
 
 @dataclass(frozen=True)
@@ -72,14 +85,18 @@ class BandStack:
 
 def _band_sort_key(name: str) -> tuple[int, str]:
     match = BAND_TOKEN.fullmatch(name)
-    return (int(match.group(1)), match.group(2).upper()) if match else (10_000, name)
+    if match:
+        return int(match.group(1)), match.group(2).upper()
+    return (1_000 + POLARISATION_ORDER.index(name), "") if name in POLARISATION_ORDER else (10_000, name)
 
 
 def find_band_files(folder: Path, suffixes: Sequence[str] = BAND_FILE_SUFFIXES) -> dict[str, Path]:
-    """Band files of one product folder → {band name: path}, in Sentinel-2 order (B01 … B08, B8A, B09…).
+    """Band files of one product folder → {band name: path}, in Sentinel-2 order (B01 … B08, B8A, B09…), then
+    polarisations (VV, VH, HH, HV).
 
     The band name is the ``B<n>`` / ``B<n>A`` token of the file name (``T33UUP_20200101_B02_10m.jp2`` →
-    ``B02``; ``B2`` is normalised to ``B02``, ``B8A`` stays ``B8A``). Files without a band token are ignored.
+    ``B02``; ``B2`` is normalised to ``B02``, ``B8A`` stays ``B8A``), or its polarisation token
+    (``s1a-iw-grd-vh-….tiff`` → ``VH``). Files without a band token are ignored.
 
     Raises:
         UnreadableImageError: two files carry the same band token (names the folder and both files).
@@ -87,12 +104,10 @@ def find_band_files(folder: Path, suffixes: Sequence[str] = BAND_FILE_SUFFIXES) 
     folder = Path(folder)
     found: dict[str, Path] = {}
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in suffixes):
-        match = BAND_TOKEN.search(path.stem)
-        if match is None:
+        name = band_token(path.stem)
+        if name is None:
             log.debug("%s: no band token in the file name, ignored", path)
             continue
-        number, suffix = int(match.group(1)), match.group(2).upper()
-        name = f"B{number}{suffix}" if suffix else f"B{number:02d}"
         if name in found:
             raise UnreadableImageError(f"{folder}: band {name} found twice ({found[name].name}, {path.name})")
         found[name] = path

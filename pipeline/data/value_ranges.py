@@ -1,0 +1,108 @@
+"""Physical values → the [0, 1] augmentation space: a configured range, or each channel's robust train-split range.
+
+An archive holds reflectance in [0, 1], reflectance × 10⁴ (Sentinel-2 L2A), 8-bit quick-looks, 11/12/16-bit digital
+numbers, int16 and SAR in dB (−35 … +5). One fixed range saturates some of them silently (every dB value below 0
+becomes 0.0). So, unless ``data.<domain>.geotiff.value_range`` is set, each channel's range is the
+``range_percentiles`` (default 1st and 99th) of the **train split's** valid pixels, computed once after the split
+and written to ``stats.json``, like the normalisation statistics (DOMAIN.md §4: statistics from the train split
+only). ``value_range`` may be one ``[low, high]`` for every channel or one per channel; it always wins.
+
+Values map as ``(x − low) / (high − low)`` clipped to [0, 1]; the share of valid pixels clipped at either end is
+counted per channel and reported, so a range that cuts off half a band is visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.io import UnreadableImageError
+from pipeline.io.geotiff import zero_invalid
+
+MAX_FIT_PIXELS = 2_000_000  # per channel: a deterministic subsample keeps the fit's memory bounded
+
+
+@dataclass
+class ClipCounts:
+    """Valid pixels per channel below ``low``, above ``high``, and in all."""
+
+    below: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    above: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    total: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def add(self, other: ClipCounts) -> None:
+        if other.total.size == 0:
+            return
+        if self.total.size == 0:
+            self.below, self.above, self.total = (np.zeros_like(other.total) for _ in range(3))
+        self.below, self.above, self.total = self.below + other.below, self.above + other.above, \
+            self.total + other.total
+
+    def fractions(self, names: Sequence[str]) -> dict[str, dict[str, float]]:
+        total = np.maximum(self.total, 1)
+        return {name: {"low": round(float(b / t), 6), "high": round(float(a / t), 6)}
+                for name, b, a, t in zip(names, self.below, self.above, total)}
+
+
+def configured_range(value_range: Sequence | None, channels: int, key: str,
+                     where: object) -> tuple[np.ndarray, np.ndarray] | None:
+    """(low, high) per channel from ``value_range`` (one pair, or one per channel), or None when unset.
+
+    Raises:
+        UnreadableImageError: a per-channel list whose length is not the channel count (names the key).
+    """
+    pairs = range_pairs(value_range, channels)
+    if pairs is None:
+        return None
+    if len(pairs) != channels:
+        raise UnreadableImageError(f"{where}: {key} gives {len(pairs)} ranges for {channels} channels")
+    return np.array([p[0] for p in pairs], np.float64), np.array([p[1] for p in pairs], np.float64)
+
+
+def range_pairs(value_range: Sequence | None, channels: int) -> list[tuple[float, float]] | None:
+    """``value_range`` as one (low, high) per channel: a single pair is repeated; None stays None."""
+    if value_range is None:
+        return None
+    if len(value_range) == 2 and all(isinstance(v, int | float) for v in value_range):
+        return [(float(value_range[0]), float(value_range[1]))] * channels
+    return [(float(low), float(high)) for low, high in value_range]
+
+
+def to_unit(data: np.ndarray, valid: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(C, H, W) physical values → (x − low) / (high − low) per channel, clipped to [0, 1], 0.0 where invalid."""
+    low, high = np.asarray(low, np.float32)[:, None, None], np.asarray(high, np.float32)[:, None, None]
+    if np.all(low == 0) and np.all(high == 1):  # exact, one pass: reflectance products
+        unit = np.clip(data, 0.0, 1.0).astype(np.float32, copy=False)
+    else:
+        unit = data.astype(np.float32)
+        unit -= low
+        unit /= high - low
+        np.clip(unit, 0.0, 1.0, out=unit)
+    zero_invalid(unit, valid)
+    return unit
+
+
+def clip_counts(data: np.ndarray, valid: np.ndarray, low: np.ndarray, high: np.ndarray) -> ClipCounts:
+    """Valid pixels of one (C, H, W) chip below ``low`` / above ``high``, per channel."""
+    pixels = data[:, valid]
+    return ClipCounts(below=(pixels < np.asarray(low)[:, None]).sum(axis=1),
+                      above=(pixels > np.asarray(high)[:, None]).sum(axis=1),
+                      total=np.full(data.shape[0], pixels.shape[1], np.int64))
+
+
+def fit_range(images: Sequence[np.ndarray], valid: Sequence[np.ndarray],
+              percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel's ``percentiles`` over the valid pixels of ``images`` (the train split's chips).
+
+    A channel whose two percentiles coincide (a constant band) gets ``high = low + 1`` so it maps to 0, not NaN.
+    """
+    per_channel = np.concatenate([np.asarray(image)[:, np.asarray(mask)] for image, mask in zip(images, valid)],
+                                 axis=1)
+    if per_channel.shape[1] == 0:
+        raise ValueError("no valid training pixels to fit the value range from")
+    if per_channel.shape[1] > MAX_FIT_PIXELS:
+        per_channel = per_channel[:, :: per_channel.shape[1] // MAX_FIT_PIXELS + 1]
+    low, high = np.percentile(per_channel.astype(np.float64), percentiles, axis=1)
+    return low, np.where(high > low, high, low + 1.0)

@@ -1,0 +1,161 @@
+"""Earth observation as it arrives: mixed band sets in one folder, SAR, any dtype, nothing silently saturated.
+
+References are rasterio's own reads and numpy; fixtures are generated here with rasterio.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.data.bands import canonical_band, choose_band_set
+from pipeline.data.chips import load_chipset
+from pipeline.data.ingest import IngestError
+from tests.test_ingest_geotiff import CONFIG, PRESET, SCALE, config, ingest, reflectance, window_of, write_raster
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+SAR = {"preset": "remote_sar"}
+
+
+def mixed_folder(root: Path, prefix: dict[str, str] | None = None) -> Path:
+    """Three 4-band scenes named in two spellings and orders, two 5-band Sentinel-2-like scenes (a superset),
+    two generic single-band scenes and one RGB scene; ``prefix`` renames files to change their listing order."""
+    prefix = prefix or {}
+    rng = np.random.default_rng(0)
+    scenes = {"planet_a.tif": ["blue", "green", "red", "nir"], "planet_b.tif": ["Red", "Green", "Blue", "NIR"],
+              "planet_c.tif": ["blue", "green", "red", "near infrared"],
+              "s2_a.tif": ["B02", "B03", "B04", "B08", "B11"], "s2_b.tif": ["B02", "B03", "B04", "B08", "B11"],
+              "dem.tif": ["b1"], "slope.tif": [""], "photo.tif": ["red", "green", "blue"]}
+    for name, bands in scenes.items():
+        data = rng.integers(100, 9000, size=(len(bands), 64, 64)).astype(np.uint16)
+        write_raster(root / f"{prefix.get(name, '')}{name}", data, scales=[SCALE] * len(bands),
+                     descriptions=[b or None for b in bands] if any(bands) else None)
+    return root
+
+
+def test_band_names_carry_meaning_only_where_they_have_it():
+    assert [canonical_band(n) for n in ("B04", "Red", "SR_B4", "NIR", "near infrared", "B8A", "VV")] == \
+        ["red", "red", "red", "nir", "nir", "nir08", "vv"]
+    assert [canonical_band(n) for n in ("band_1", "Band 1", "b1", "", "3")] == [None] * 5  # generic
+    assert canonical_band("NDVI") == "ndvi"  # a name of its own
+    choice = choose_band_set({"a": ["b1"], "b": ["band_1"], "c": [""]}, "key")
+    assert choice.channel_names == ("band_1",) and not choice.rejected  # descriptions never split them
+
+
+def test_the_band_set_most_scenes_share_is_chosen_whatever_the_file_order(tmp_path):
+    source = mixed_folder(tmp_path / "one")
+    report = ingest(source, tmp_path / "out", config(block_size_px=32))
+    chips = load_chipset(tmp_path / "out")
+    assert chips.channel_names == ["blue", "green", "red", "nir"]
+    assert report["bands"] == {"bands": ["blue", "green", "red", "nir"], "chosen": "most common",
+                               "scenes_sharing": 5, "scenes": 8}
+    assert report["files"]["ingested"] == 5 and report["files"]["rejected"] == 3
+    reasons = {line["path"]: line["reason"] for line in report["rejected"]}
+    assert reasons["dem.tif"] == ("dem.tif: 1 unnamed band(s) (2 scene(s) have this set) lack the domain's bands "
+                                  "[blue, green, red, nir], which 5 of 8 scenes share; set "
+                                  "data.remote.geotiff.bands to choose the bands")
+    assert "bands [blue, green, red] (1 scene(s) have this set)" in reasons["photo.tif"]
+    with rasterio.open(source / "planet_b.tif") as src:  # Red, Green, Blue, NIR: read back in blue … nir order
+        row = next(r for r in chips.manifest if r["source"] == "planet_b.tif")
+        stored = src.read([3, 2, 1, 4], window=window_of(row)).astype(np.float64) * SCALE
+    (group,) = report["value_range"]["groups"].values()
+    low, high = (np.array([group["channels"][n][k] for n in chips.channel_names])[:, None, None] for k in (0, 1))
+    np.testing.assert_allclose(chips.images[int(row["chip_id"])], np.clip((stored - low) / (high - low), 0, 1),
+                               atol=2e-6)
+    s2_row = next(r for r in chips.manifest if r["source"] == "s2_a.tif")  # 5 bands: gives its 4 of the set
+    assert chips.images[int(s2_row["chip_id"])].shape[0] == 4
+    renamed = mixed_folder(tmp_path / "two", prefix={"dem.tif": "a_", "photo.tif": "0_", "s2_b.tif": "z_"})
+    again = ingest(renamed, tmp_path / "out2", config(block_size_px=32))
+    assert again["bands"] == report["bands"] and again["files"] == report["files"]
+
+
+def test_strict_mode_stops_at_a_scene_without_the_band_set(tmp_path):
+    source = mixed_folder(tmp_path / "src")
+    with pytest.raises(IngestError) as error:
+        ingest(source, tmp_path / "out", config(block_size_px=32), strict=True)
+    assert str(error.value).startswith("dem.tif: 1 unnamed band(s)") and "\n" not in str(error.value)
+
+
+def test_an_8_bit_quicklook_and_a_16_bit_product_get_a_range_each(tmp_path):
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        write_raster(tmp_path / "src" / f"quicklook_{k}.tif", rng.integers(0, 256, (3, 64, 64)).astype(np.uint8))
+        write_raster(tmp_path / "src" / f"product_{k}.tif", rng.integers(0, 4096, (3, 64, 64)).astype(np.uint16))
+    report = ingest(tmp_path / "src", tmp_path / "out", config(block_size_px=32))
+    groups = report["value_range"]["groups"]
+    assert set(groups) == {"uint8", "uint16"}
+    assert groups["uint8"]["channels"]["band_1"][1] < 256 < groups["uint16"]["channels"]["band_1"][1]
+    chips = load_chipset(tmp_path / "out")
+    assert report["chips"]["dropped_constant"] == 0
+    assert all(np.asarray(chips.images[i]).std() > 0.2 for i in range(len(chips.manifest)))  # none squashed
+
+
+# --- SAR -------------------------------------------------------------------------------------------------------
+
+def _sar_config(**geotiff):
+    return config(block_size_px=32, **geotiff).model_copy(update=SAR)
+
+
+def test_sentinel1_grd_band_folder_in_db_with_the_polarisation_ratio(tmp_path):
+    product = tmp_path / "src" / "S1A_IW_GRDH_20200101"
+    rng = np.random.default_rng(2)
+    amplitude = {pol: rng.gamma(1.0, scale, (64, 64)).clip(1, 65535).astype(np.uint16)
+                 for pol, scale in (("vv", 300.0), ("vh", 60.0))}
+    for pol in amplitude:
+        amplitude[pol][:8] = 0  # outside the swath
+        write_raster(product / f"s1a-iw-grd-{pol}-20200101t000000-001.tiff", amplitude[pol][None], nodata=0)
+    report = ingest(tmp_path / "src", tmp_path / "out", _sar_config())
+    chips = load_chipset(tmp_path / "out")
+    assert chips.channel_names == ["vv", "vh", "vh_vv_ratio"]
+    assert report["intensity"] == {"SAR amplitude -> dB, train-split range p1-p99 -> [0, 1]": 1}
+    (group,) = report["value_range"]["groups"].values()
+    low, high = (np.array([group["channels"][n][k] for n in chips.channel_names])[:, None, None] for k in (0, 1))
+    for row in chips.manifest:
+        window = window_of(row)
+        decibels = np.stack([20 * np.log10(np.maximum(amplitude[p][window.toslices()], 1)) for p in ("vv", "vh")])
+        decibels = np.concatenate([decibels, decibels[1:2] - decibels[0:1]])
+        valid = (amplitude["vv"][window.toslices()] > 0) & (amplitude["vh"][window.toslices()] > 0)
+        expected = np.clip((decibels - low) / (high - low), 0, 1) * valid
+        np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, atol=2e-5)
+        np.testing.assert_array_equal(chips.valid[int(row["chip_id"])], valid)
+
+
+def test_complex_slc_becomes_amplitude_db_and_float_db_is_kept(tmp_path):
+    rng = np.random.default_rng(3)
+    slc = (rng.normal(0, 50, (2, 64, 64)) + 1j * rng.normal(0, 50, (2, 64, 64))).astype(np.complex64)
+    path = tmp_path / "slc" / "sar_slc.tif"
+    path.parent.mkdir()
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=2, dtype="complex64",
+                       crs="EPSG:32633", transform=rasterio.transform.from_origin(500000, 4600000, 10, 10)) as dst:
+        dst.write(slc)
+        dst.set_band_description(1, "VV")
+        dst.set_band_description(2, "VH")
+    report = ingest(tmp_path / "slc", tmp_path / "out_slc", _sar_config())
+    assert report["files"]["ingested"] == 1 and "SAR amplitude -> dB" in next(iter(report["intensity"]))
+    (group,) = report["value_range"]["groups"]
+    assert group == "complex64 SAR amplitude"
+    db = rng.uniform(-30, -5, (2, 64, 64)).astype(np.float32)  # BigEarthNet-style Sentinel-1 patch in dB
+    write_raster(tmp_path / "db" / "patch.tif", db, descriptions=["VV", "VH"])
+    report = ingest(tmp_path / "db", tmp_path / "out_db", _sar_config())
+    chips = load_chipset(tmp_path / "out_db")
+    (group,) = report["value_range"]["groups"].values()
+    assert -31 < group["channels"]["vv"][0] < -29 and -6 < group["channels"]["vv"][1] < -4  # kept in dB
+    assert report["chips"]["dropped_constant"] == 0 and np.asarray(chips.images).std() > 0.1
+
+
+def test_sar_input_can_be_stated(tmp_path):
+    intensity = np.random.default_rng(4).uniform(0.001, 0.5, (1, 64, 64)).astype(np.float32)
+    write_raster(tmp_path / "src" / "sigma0.tif", intensity, descriptions=["VV"])
+    options = _sar_config().geotiff.sar.model_copy(update={"input": "intensity", "ratio": False})
+    report = ingest(tmp_path / "src", tmp_path / "out", _sar_config(sar=options))
+    (group,) = report["value_range"]["groups"].values()
+    chips = load_chipset(tmp_path / "out")
+    train = [chips.manifest[i] for i in np.flatnonzero(chips.split == "train")]
+    decibels = np.concatenate([10 * np.log10(intensity[0][window_of(row).toslices()]).ravel() for row in train])
+    np.testing.assert_allclose(group["channels"]["vv"], np.percentile(decibels, [1, 99]), rtol=1e-4)
+    assert chips.channel_names == ["vv"]  # ratio: false
