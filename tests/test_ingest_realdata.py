@@ -36,8 +36,16 @@ def test_rasterio_test_rasters(tmp_path):
     report = _ingest(REALDATA / "rasterio_testdata", "remote_multispectral", tmp_path,
                      split_fractions=(0.6, 0.2, 0.2), geotiff={"block_size_px": 128})
     _accounted(report)
-    assert "corrupt.tif" in {line["path"] for line in report["rejected"]}
-    assert report["files"]["ingested"] >= 5 and report["chips"]["kept"] > 0
+    rejected = {line["path"]: line["reason"] for line in report["rejected"]}
+    assert "corrupt.tif" in rejected and report["files"]["ingested"] >= 5 and report["chips"]["kept"] > 0
+    # the defaults: RGB scenes (named by their colour interpretation) are the band set that keeps the most;
+    # single-band scenes are rejected with their band set, not by file order
+    assert report["bands"]["bands"] == ["blue", "green", "red"]
+    assert "lack the domain's bands [blue, green, red]" in rejected["byte.tif"]
+    groups = report["value_range"]["groups"]  # 8-bit and 16-bit RGB: a range each, fitted on the train split
+    assert {"uint8", "uint16"} <= set(groups) and groups["uint8"]["channels"]["red"][1] <= 255
+    no_chips = {line["path"]: line["reason"] for line in report["no_chips"]}
+    assert "constant after train-split range" in no_chips["RGBA.uint16.tif"]  # every valid pixel is 10000
 
 
 def test_dicom_ct_with_segmentation_objects(tmp_path):

@@ -8,12 +8,15 @@ quick-looks. A domain has one channel set, so ingest first reads every scene's h
   (``SR_B4`` = red …), common names (``Red``, ``NIR``, ``near infrared``), SAR polarisations (``VV``, ``VH``).
   Another non-generic description (``ndvi``, ``elevation``) is its own name. Generic descriptions (``band_1``,
   ``Band 1``, ``b1``, ``1``, empty) say nothing: they never make two scenes differ, and match only by position.
-* **One band set.** With ``bands: null`` the set is the one most scenes have. Each scene's band set is its
-  canonical names when every data band is named (order does not matter), else just its band count. The set
-  the most scenes have exactly wins (ties: the one more scenes can give, then named before unnamed, then more
-  bands, then the names), so the choice never depends on file order. A named set is then given by every scene
-  that has those bands (in any order, with others besides: a 13-band Sentinel-2 scene gives its 4 of an RGBN
-  set); an unnamed set of N bands by every scene of N data bands.
+* **One band set.** With ``bands: null`` every scene's band set is a candidate: its canonical names when every
+  data band is named (order does not matter), else just its band count. A named candidate is *given* by every
+  scene that has those bands (in any order, with others besides: a 13-band Sentinel-2 scene gives its 4 of an
+  RGBN set); an unnamed set of N bands by every scene of N data bands (a named one only in the band order the
+  other named scenes of that size have). The candidate that keeps the most — scenes giving it × its bands —
+  wins (ties: more scenes, then more scenes having it exactly, then named before unnamed, then the names), so
+  the choice never depends on file order: one odd single-band file cannot shrink an RGBN archive to one band,
+  and three RGB quick-looks do not cost the NIR band of a hundred scenes. The report lists every candidate with
+  how many scenes have it and how many give it.
   Channels follow :data:`BAND_ORDER` (wavelength, then polarisation, then other names alphabetically). Every scene
   that does not share the set is rejected with a reason that lists its band set, how many scenes have it, and
   the key to set.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # name as written (lower case, separators as "_") → canonical name. Sentinel-2 band tokens follow the MSI
 # band table; Landsat 8/9 Collection 2 surface reflectance / temperature product names; common spellings.
@@ -42,13 +45,24 @@ BAND_ALIASES: dict[str, str] = {
     "vv": "vv", "vh": "vh", "hh": "hh", "hv": "hv",
 }
 GENERIC_BAND = re.compile(r"(band_?)?\d+|b\d|")  # band_1, band1, Band 1, b1, 1, empty: no meaning
+# Sentinel-2 band names as Earth Engine and EuroSAT write them (upper-case B, no zero): B2 = B02. A lower-case
+# "b1" (a GDAL default) stays generic.
+SENTINEL2_SHORT = re.compile(r"B(\d{1,2})(A?)")
+# SNAP / ESA SAR band names: Sigma0_VV, Gamma0_VH_db, Amplitude_HH, Intensity_HV
+SAR_PRODUCT = re.compile(r"(?:sigma0|gamma0|beta0|amplitude|intensity)_(vv|vh|hh|hv)(?:_db)?")
 
 
 def canonical_band(name: str) -> str | None:
     """The band's canonical name, or None for a generic description that says nothing about the band."""
+    short = SENTINEL2_SHORT.fullmatch(str(name).strip())
+    if short:
+        return BAND_ALIASES.get(f"b{int(short.group(1)):02d}{short.group(2).lower()}".replace("b08a", "b8a"))
     key = re.sub(r"[^0-9a-z]+", "_", str(name).strip().lower()).strip("_")
     if key in BAND_ALIASES:
         return BAND_ALIASES[key]
+    sar = SAR_PRODUCT.fullmatch(key)
+    if sar:
+        return sar.group(1)
     return None if GENERIC_BAND.fullmatch(key) else key
 
 
@@ -82,10 +96,11 @@ class BandChoice:
     channel_names: tuple[str, ...]
     selection: dict[str, tuple[int, ...]]  # scene → 1-based positions among its data bands, in channel order
     rejected: dict[str, str]  # scene → reason (without the path)
+    candidates: list[dict[str, object]] = field(default_factory=list)  # every set, for the report
 
 
 def choose_band_set(scene_bands: dict[str, Sequence[str]], key: str) -> BandChoice:
-    """The band set most scenes of ``scene_bands`` ({scene: its data bands' names}) have, and each scene's part.
+    """The band set that keeps the most of ``scene_bands`` ({scene: its data bands' names}), and each scene's part.
 
     Args:
         scene_bands: every readable scene's data-band names, in band order.
@@ -93,31 +108,51 @@ def choose_band_set(scene_bands: dict[str, Sequence[str]], key: str) -> BandChoi
     """
     sets = {scene: band_set(names) for scene, names in scene_bands.items()}
     having = Counter(sets.values())
-    shared = {candidate: sum(_pick(candidate, bands) is not None for bands in scene_bands.values())
+    order = _named_order(scene_bands, sets)
+    givers = {candidate: [scene for scene, bands in scene_bands.items() if _pick(candidate, bands, order) is not None]
               for candidate in having}
-    chosen = min(shared, key=lambda c: (-having[c], -shared[c], isinstance(c, int), -_size(c), describe(c)))
+    chosen = min(givers, key=lambda c: (-len(givers[c]) * _size(c), -len(givers[c]), -having[c],
+                                         isinstance(c, int), describe(c)))
     channels = tuple(f"band_{i}" for i in range(1, chosen + 1)) if isinstance(chosen, int) else ordered(chosen)
     selection, rejected = {}, {}
     for scene, bands in scene_bands.items():
-        picked = _pick(chosen, bands)
+        picked = _pick(chosen, bands, order)
         if picked is None:
             rejected[scene] = (f"{describe(sets[scene])} ({having[sets[scene]]} scene(s) have this set) lack the "
-                               f"domain's {describe(chosen)}, which {shared[chosen]} of {len(sets)} scenes share; "
-                               f"set {key} to choose the bands")
+                               f"domain's {describe(chosen)}, which {len(givers[chosen])} of {len(sets)} scenes "
+                               f"give; set {key} to choose the bands")
         else:
             selection[scene] = picked
-    return BandChoice(chosen, channels, selection, rejected)
+    candidates = [{"bands": describe(c), "scenes_with_it": having[c], "scenes_giving_it": len(givers[c])}
+                  for c in sorted(givers, key=lambda c: (-len(givers[c]) * _size(c), describe(c)))]
+    return BandChoice(chosen, channels, selection, rejected, candidates)
+
+
+def _named_order(scene_bands: dict[str, Sequence[str]], sets: dict[str, BandSet]) -> dict[int, tuple[str, ...]]:
+    """Per band count, the most common order of canonical names among named scenes of that count: a named scene
+    joins an unnamed set of its size only in that order (an RGB and a BGR file are not the same three bands)."""
+    orders: dict[int, Counter] = {}
+    for scene, names in scene_bands.items():
+        if not isinstance(sets[scene], int):
+            orders.setdefault(len(names), Counter())[tuple(canonical_band(n) for n in names)] += 1
+    return {size: min(counter, key=lambda o: (-counter[o], o)) for size, counter in orders.items()}
 
 
 def _size(bands: BandSet) -> int:
     return bands if isinstance(bands, int) else len(bands)
 
 
-def _pick(chosen: BandSet, bands: Sequence[str]) -> tuple[int, ...] | None:
+def _pick(chosen: BandSet, bands: Sequence[str],
+          named_order: dict[int, tuple[str, ...]] | None = None) -> tuple[int, ...] | None:
     """1-based positions of ``chosen`` among ``bands`` in channel order, or None when it lacks them."""
-    if isinstance(chosen, int):
-        return tuple(range(1, chosen + 1)) if len(bands) == chosen else None
     canonical = [canonical_band(name) for name in bands]
+    if isinstance(chosen, int):
+        if len(bands) != chosen:
+            return None
+        named = None not in canonical and len(set(canonical)) == len(canonical)
+        if named and named_order and tuple(canonical) != named_order.get(chosen, tuple(canonical)):
+            return None  # the same count, another band order than the other named scenes of this size
+        return tuple(range(1, chosen + 1))
     if not all(name in canonical for name in chosen):
         return None
     return tuple(canonical.index(name) + 1 for name in ordered(chosen))

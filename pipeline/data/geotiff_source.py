@@ -81,8 +81,8 @@ def plan_scenes(source: Path, files: list[Path], cfg: DomainDataConfig, domain: 
             plan.rejected.append({"path": relative, "reason": f"{relative}: {choice.rejected[relative]}"})
         else:
             plan.bands[path] = _band_indexes(path, choice.selection[relative])
-    plan.summary = {"bands": list(choice.channel_names), "chosen": "most common",
-                    "scenes_sharing": len(plan.bands), "scenes": len(headers)}
+    plan.summary = {"bands": list(choice.channel_names), "chosen": "keeps the most (scenes x bands)",
+                    "scenes_giving_it": len(plan.bands), "scenes": len(headers), "candidates": choice.candidates}
     return plan
 
 
@@ -100,27 +100,63 @@ def read_geotiff_file(task: FileTask) -> FileChips:
     options, recipe = task.cfg.geotiff, PRESETS[task.cfg.preset].geotiff
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         scene = open_scene(task.path, task.bands if task.bands is not None else options.bands, f"{key}.bands")
-        labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
-        names = list(task.channel_names or (canonical_band(n) or n for n in scene.channel_names))
-        sar = recipe is not None and recipe.values == "sar_db"
-        out = FileChips(task.relative, channel_names=names)
+        out = FileChips(task.relative, channel_names=list(task.channel_names or _channel_names(scene, options.bands)))
         if min(scene.grid.width, scene.grid.height) < task.cfg.chip_size:
             out.no_chip_reason = (f"the {scene.grid.width}x{scene.grid.height} scene is smaller than chip_size "
                                   f"{task.cfg.chip_size}")
-        kind = None
+        chips = []
         for chip in scene.read_chips(task.cfg.chip_size):
             if chip.valid_fraction < options.min_valid_fraction:
                 out.dropped_low_valid += 1
-                continue
-            data, valid = chip.data, chip.valid
-            if sar:
-                kind = kind or input_kind(options.sar.input, scene.dtypes, bool((data[:, valid] < 0).any()))
-                data, valid = to_decibels(data, valid, kind)
-                data, out.channel_names = with_ratios(data, names) if options.sar.ratio else (data, names)
-            _add_chip(out, task, chip, data, valid, labels, scene.grid.crs, f"{key}.value_range")
-            out.range_group = out.range_group and range_group(scene, kind)
-        out.intensity = _intensity_text(out, kind, options)
+            else:
+                chips.append((chip, chip.data, chip.valid))
+        sar_input = None
+        if recipe is not None and recipe.values == "sar_db" and chips:
+            sar_input = input_kind(options.sar.input, scene.dtypes, valid_median(chips))
+            chips = _in_decibels(chips, out, sar_input, options)
+        labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
+        try:
+            for chip, data, valid in chips:
+                _add_chip(out, task, chip, data, valid, labels, scene.grid.crs, f"{key}.value_range")
+        finally:
+            if labels is not None:
+                labels.close()
+        if out.range_group:
+            out.range_group = range_group(scene, sar_input, chips)
+        out.intensity = _intensity_text(out, sar_input, options)
     return out
+
+
+def _channel_names(scene: Scene, requested: list | None) -> list[str]:
+    """Canonical names (``B04`` → red); a generic band is ``band_<i>`` by the index it was asked for (or its
+    position), so ``b1`` and ``band_1`` files give the same channel."""
+    names = []
+    for position, name in enumerate(scene.channel_names, start=1):
+        asked = requested[position - 1] if requested is not None else position
+        names.append(canonical_band(name) or (canonical_band(asked) if isinstance(asked, str) else None)
+                     or f"band_{asked if isinstance(asked, int) else position}")
+    return names
+
+
+def valid_median(chips: list[tuple[GeoChip, np.ndarray, np.ndarray]]) -> float:
+    """Median of the scene's valid values (a regular subsample of every kept chip): decides what SAR data is."""
+    values = np.concatenate([data[:, valid][:, ::16].ravel() for _, data, valid in chips])
+    return float(np.median(values)) if values.size else 0.0
+
+
+def _in_decibels(chips: list, out: FileChips, sar_input: str, options: GeoTiffOptions) -> list:
+    """SAR chips in dB (plus the polarisation ratio); a chip whose share of valid pixels falls under
+    ``min_valid_fraction`` once non-positive linear values are invalid is dropped like any other."""
+    converted = []
+    for chip, data, valid in chips:
+        data, valid = to_decibels(data, valid, sar_input)
+        if valid.mean() < options.min_valid_fraction:
+            out.dropped_low_valid += 1
+            continue
+        if options.sar.ratio:
+            data, out.channel_names = with_ratios(data, out.channel_names[:data.shape[0]])
+        converted.append((chip, data, valid))
+    return converted
 
 
 def _add_chip(out: FileChips, task: FileTask, chip: GeoChip, data: np.ndarray, valid: np.ndarray,
@@ -129,7 +165,7 @@ def _add_chip(out: FileChips, task: FileTask, chip: GeoChip, data: np.ndarray, v
     label, mask = task.labels.get(task.relative, ""), None
     if labels is not None:
         mask = np.where(valid, labels.read(chip, task.cfg.chip_size), MASK_NODATA).astype(np.uint8)
-        label = dominant_class(mask, labels.class_names)
+        label = dominant_class(mask, labels.class_names, task.relative)
     fixed = configured_range(task.cfg.geotiff.value_range, data.shape[0], key, task.relative)
     if fixed is None:
         out.range_group = "pending"
@@ -141,8 +177,7 @@ def _add_chip(out: FileChips, task: FileTask, chip: GeoChip, data: np.ndarray, v
     out.masks.append(mask)
     out.valid.append(valid)
     out.rows.append({"source": task.relative, "group": task.relative, "label": label, "row": chip.row,
-                     "col": chip.col, "crs": crs,
-                     "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
+                     "col": chip.col, "crs": crs, "transform": " ".join(f"{v:.6f}" for v in chip.transform)})
 
 
 def _intensity_text(out: FileChips, kind: str | None, options: GeoTiffOptions) -> str:
@@ -156,16 +191,32 @@ def _intensity_text(out: FileChips, kind: str | None, options: GeoTiffOptions) -
     return f"{sar}value range {shown} -> [0, 1]"
 
 
-def range_group(scene: Scene, sar_input: str | None) -> str:
-    """Scenes whose values share a range: the same stored types, scales and offsets (and SAR input kind)."""
+def range_group(scene: Scene, sar_input: str | None, chips: list) -> str:
+    """Scenes whose values share a range: the same stored types, scales and offsets, SAR input kind and, for
+    floating-point data (no bit depth to go by), the decade of their median magnitude: reflectance in [0, 1] and
+    reflectance × 10⁴ stored as float32 are not mapped by one range."""
     types = "/".join(dict.fromkeys(scene.dtypes))
     scales = "/".join(dict.fromkeys(f"x{s:g}" for s in scene.scales if s != 1.0))
     offsets = "/".join(dict.fromkeys(f"{o:+g}" for o in scene.grid.offsets if o != 0.0))
-    return " ".join(part for part in (types, scales, offsets, f"SAR {sar_input}" if sar_input else "") if part)
+    magnitude = ""
+    if any(str(t).startswith("float") for t in scene.dtypes) and sar_input is None:
+        median = abs(valid_median(chips)) if chips else 0.0
+        magnitude = f"~1e{int(np.floor(np.log10(median)))}" if median > 0 else "~0"
+    parts = (types, scales, offsets, magnitude, f"SAR {sar_input}" if sar_input else "")
+    return " ".join(part for part in parts if part)
 
 
-def dominant_class(mask: np.ndarray, class_names: list[str]) -> str:
+def dominant_class(mask: np.ndarray, class_names: list[str], where: str = "") -> str:
+    """The most common class id of a chip's valid pixels, by name ("" without valid pixels).
+
+    Raises:
+        UnreadableImageError: a class id that ``classes.json`` (or the labels) give no name (names the scene).
+    """
     values = mask[mask != MASK_NODATA]
     if values.size == 0:
         return ""
-    return class_names[int(np.bincount(values.astype(np.int64)).argmax())]
+    dominant = int(np.bincount(values.astype(np.int64)).argmax())
+    if dominant >= len(class_names):
+        raise UnreadableImageError(f"{where}: class raster value {dominant} has no class name; name it in "
+                                   "classes.json mask_classes")
+    return class_names[dominant]

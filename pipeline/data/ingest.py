@@ -62,6 +62,7 @@ class FileOutcome:
     group_by: str = ""
     dropped_low_valid: int = 0
     dropped_constant: int = 0
+    no_range: int = 0  # chips left out: their value-range group has no chip in the train split
     no_chip_reason: str = ""
 
 
@@ -102,9 +103,10 @@ class IngestedChips:
             return
         if result.images:
             self.channel_names = self.channel_names or result.channel_names
-        self.files[result.relative] = FileOutcome(result.intensity, result.modality, result.group_by,
-                                                  result.dropped_low_valid, result.dropped_constant,
-                                                  result.no_chip_reason)
+        self.files[result.relative] = FileOutcome(
+            intensity=result.intensity, modality=result.modality, group_by=result.group_by,
+            dropped_low_valid=result.dropped_low_valid, dropped_constant=result.dropped_constant,
+            no_chip_reason=result.no_chip_reason)
         self.images += result.images
         self.valid += result.valid
         self.rows += result.rows
@@ -156,22 +158,27 @@ class IngestedChips:
         for group in sorted({g for g in self.range_group if g}):
             members = [i for i, g in enumerate(self.range_group) if g == group]
             train = [i for i in members if splits[i] == "train"]
-            low, high = fit_range([self.images[i] for i in train or members], [self.valid[i] for i in train or members],
-                                  percentiles)
+            if not train:  # fitting on validation or test pixels would leak them into the mapping: leave it out
+                for i in members:
+                    self.files[str(self.rows[i]["source"])].no_range += 1
+                dropped |= set(members)
+                groups[group] = {"from": "no chip in the train split: not mapped, its chips left out",
+                                 "chips": len(members)}
+                continue
+            low, high = fit_range([self.images[i] for i in train], [self.valid[i] for i in train], percentiles)
             counts = ClipCounts()
             for i in members:
                 counts.add(clip_counts(self.images[i], self.valid[i], low, high))
                 self.images[i] = to_unit(self.images[i], self.valid[i], low, high)
             constant = constant_chips([self.images[i] for i in members], [self.valid[i] for i in members])
-            dropped |= {i for i, flag in zip(members, constant) if flag}
-            groups[group] = {"from": f"train split: {text} of valid pixels" if train else
-                             f"all {len(members)} chips (none in the train split): {text}",
-                             "chips": len(members),
+            for i, flag in zip(members, constant):
+                if flag:
+                    self.files[str(self.rows[i]["source"])].dropped_constant += 1
+                    dropped.add(i)
+            groups[group] = {"from": f"train split: {text} of valid pixels", "chips": len(members),
                              "channels": {name: [round(float(a), 6), round(float(b), 6)]
                                           for name, a, b in zip(self.channel_names, low, high)},
                              "clipped": counts.fractions(self.channel_names)}
-        for i in dropped:
-            self.files[str(self.rows[i]["source"])].dropped_constant += 1
         keep = [i not in dropped for i in range(len(self.images))]
         self.keep_chips(keep)
         return {"groups": groups}, [split for split, kept in zip(splits, keep) if kept]
@@ -195,6 +202,9 @@ def _no_chip_reason(outcome: FileOutcome) -> str:
     parts = [f"{outcome.dropped_constant} constant after {outcome.intensity}"] if outcome.dropped_constant else []
     if outcome.dropped_low_valid:
         parts.append(f"{outcome.dropped_low_valid} under min_valid_fraction")
+    if outcome.no_range:
+        parts.append(f"{outcome.no_range} in a value-range group with no chip in the train split (set "
+                     "value_range, or give the split more of these scenes)")
     return "no chips: " + (", ".join(parts) if parts else "nothing to read")
 
 
@@ -220,10 +230,12 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
                         band_plan=plan.summary if plan else {})
     out.add_label_objects(found, strict)
     for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
-        if strict and (result.rejected or result.skipped):
+        rejected_before = len(out.rejected)
+        if not (strict and (result.rejected or result.skipped)):
+            out.add(result)
+        if strict and (result.rejected or result.skipped or len(out.rejected) > rejected_before):
             redact = PathRedactor(out.identifiers | set(result.phi), salt)
-            raise IngestError(redact.text(result.rejected or result.skipped))
-        out.add(result)
+            raise IngestError(redact.text(result.rejected or result.skipped or out.rejected[-1]["reason"]))
     out.finalise(tuple(cfg.dicom.percentiles))
     out.classes = read_class_names(source, list(labels.values()) + [str(r["label"]) for r in out.rows])
     return out
@@ -331,6 +343,7 @@ def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts
                   "rejected": len(found.rejected), "skipped": len(found.skipped), "labels": len(found.labels)},
         "chips": {"kept": chips, "dropped_low_valid_fraction": sum(o.dropped_low_valid for o in found.files.values()),
                   "dropped_constant": sum(o.dropped_constant for o in found.files.values()),
+                  "dropped_no_train_range": sum(o.no_range for o in found.files.values()),
                   "dropped_split_buffer": buffer_dropped},
         "no_chips": _redacted(no_chips, redact),
         "constant_chips": _redacted(found.constant_chip_files(), redact),

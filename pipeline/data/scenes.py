@@ -48,7 +48,7 @@ import numpy as np
 from pipeline.data.bands import match_band
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import (
-    GeoChip, SceneInfo, iter_chips, open_raster, read_label_chip, read_scene_info, zero_invalid,
+    GeoChip, LabelRaster, SceneInfo, iter_chips, open_raster, read_scene_info, zero_invalid,
 )
 from pipeline.io.geotiff_labels import VectorLabels, rasterize_labels, read_vector_labels
 from pipeline.io.geotiff_stack import band_token, find_band_files, iter_stack_chips, plan_band_stack
@@ -91,13 +91,16 @@ class ChipLabels:
 
     read: Callable[[GeoChip, int], np.ndarray]
     class_names: Sequence[str]
+    close: Callable[[], None] = lambda: None  # releases an open class raster once the scene is read
 
 
 # --- which paths are scenes --------------------------------------------------------------------------
 
 def is_band_folder(rasters: Sequence[Path]) -> bool:
-    """True when a folder's rasters (two or more) all carry a band token (``B02``, ``VV`` …) in their names."""
-    return len(rasters) >= 2 and all(band_token(path.stem) for path in rasters)
+    """True when a folder's rasters (two or more) all carry a band token (``B02``, ``VV`` …) in their names, each
+    a different one; a folder of several scenes of one band (``a_VV.tif``, ``b_VV.tif``) holds separate scenes."""
+    tokens = [band_token(path.stem) for path in rasters]
+    return len(rasters) >= 2 and all(tokens) and len(set(tokens)) == len(tokens)
 
 
 def list_scenes(source: Path) -> list[Path]:
@@ -220,6 +223,12 @@ def read_mask_class_ids(source: Path) -> dict[str, int]:
     return {str(name): int(key) for key, name in names.items()}
 
 
+def _mask_class_names(source: Path) -> list[str]:
+    """``classes.json`` ``mask_classes`` as names by id ([] without it): what a class raster's ids mean."""
+    by_id = {i: name for name, i in read_mask_class_ids(source).items()}
+    return [by_id.get(i, "") for i in range(max(by_id) + 1)] if by_id else []
+
+
 def _vector_labels(path: Path, scene: Scene, source: Path) -> ChipLabels:
     class_ids = read_mask_class_ids(source)
     if not class_ids:
@@ -245,7 +254,7 @@ def open_chip_labels(source: Path, relative: str, scene: Scene,
         source: the source folder.
         relative: the scene's path relative to ``source``.
         scene: the opened scene (its grid and CRS place the labels).
-        image_class_names: id → name for class rasters (as for every raster mask of the source).
+        image_class_names: id → name for class rasters when ``classes.json`` names no ``mask_classes``.
 
     Raises:
         UnreadableImageError: both a class raster and a GeoJSON, or an unusable GeoJSON (names the file).
@@ -258,6 +267,8 @@ def open_chip_labels(source: Path, relative: str, scene: Scene,
         raise UnreadableImageError(f"{scene.path}: both {raster.relative_to(source)} and "
                                    f"{vector.relative_to(source)} label it; keep one")
     if raster:
-        return ChipLabels(lambda chip, size: read_label_chip(raster, chip.row, chip.col, size, scene=scene.grid),
-                          image_class_names)
+        opened = LabelRaster(raster, scene.grid)  # once per scene: a warp onto another grid is set up once
+        mask_names = _mask_class_names(source)
+        return ChipLabels(lambda chip, size: opened.read(chip.row, chip.col, size), mask_names or image_class_names,
+                          opened.close)
     return _vector_labels(vector, scene, source) if vector else None

@@ -98,11 +98,11 @@ def fit_range(images: Sequence[np.ndarray], valid: Sequence[np.ndarray],
 
     A channel whose two percentiles coincide (a constant band) gets ``high = low + 1`` so it maps to 0, not NaN.
     """
-    per_channel = np.concatenate([np.asarray(image)[:, np.asarray(mask)] for image, mask in zip(images, valid)],
-                                 axis=1)
-    if per_channel.shape[1] == 0:
+    total = sum(int(np.count_nonzero(mask)) for mask in valid)
+    if total == 0:
         raise ValueError("no valid training pixels to fit the value range from")
-    if per_channel.shape[1] > MAX_FIT_PIXELS:
-        per_channel = per_channel[:, :: per_channel.shape[1] // MAX_FIT_PIXELS + 1]
+    step = total // MAX_FIT_PIXELS + 1  # the same regular subsample of every chip: memory bounded as it is taken
+    per_channel = np.concatenate([np.asarray(image)[:, np.asarray(mask)][:, ::step]
+                                  for image, mask in zip(images, valid)], axis=1)
     low, high = np.percentile(per_channel.astype(np.float64), percentiles, axis=1)
     return low, np.where(high > low, high, low + 1.0)

@@ -68,7 +68,8 @@ class SceneInfo:
         crs: CRS as a string (``EPSG:32618`` or WKT); ``""`` when the scene is not georeferenced.
         transform: affine ``(a, b, c, d, e, f)``: x = a·col + b·row + c, y = d·col + e·row + f.
         nodata: nodata value, or None.
-        band_names: per-band description, ``band_<i>`` (1-based) where the file has none; all bands.
+        band_names: per-band description, else its colour interpretation (red, green, blue), else ``band_<i>``
+            (1-based); all bands.
         scales: per-band scale; physical value = stored · scale + offset.
         offsets: per-band offset.
         data_bands: 1-based indexes of the bands that are data (every band but an alpha band): the chip
@@ -202,8 +203,14 @@ def check_supported(src, path: Path) -> None:
                                    f"e={e:g}); warp it north-up first (gdalwarp)")
 
 
+COLOUR_NAMES = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+
+
 def _scene_info(src, path: Path) -> SceneInfo:
-    names = tuple(desc or f"band_{i}" for i, desc in enumerate(src.descriptions, start=1))
+    """The header; a band without a description is named by its colour interpretation (red, green, blue) when it
+    has one, else ``band_<i>``."""
+    names = tuple(desc or COLOUR_NAMES.get(interp) or f"band_{i}"
+                  for i, (desc, interp) in enumerate(zip(src.descriptions, src.colorinterp), start=1))
     alpha = alpha_band_of(src)
     return SceneInfo(
         path=path, width=src.width, height=src.height, count=src.count, dtype=str(src.dtypes[0]),
@@ -471,13 +478,56 @@ def _same_grid(src, scene: SceneInfo) -> bool:
 
 
 def _on_scene_grid(src, scene: SceneInfo, mask_path: Path):
-    """A WarpedVRT of a class raster onto the scene's grid by nearest neighbour (class ids are not averaged);
-    pixels it does not cover read as 255, "ignore"."""
+    """A WarpedVRT of a class raster onto the scene's grid by nearest neighbour (class ids are not averaged).
+    The source's nodata value passes through as stored, as on the scene's own grid; pixels the raster does not
+    cover read 255, "ignore"."""
     if not crs_string(src) or not scene.crs:
         raise UnreadableImageError(f"{mask_path}: label raster is on another grid than scene {scene.path.name} "
                                    "and one of them has no CRS, so it cannot be resampled onto the scene")
     return WarpedVRT(src, crs=scene.crs, transform=Affine(*scene.transform[:6]), width=scene.width,
-                     height=scene.height, resampling=Resampling.nearest, nodata=255)
+                     height=scene.height, resampling=Resampling.nearest, src_nodata=None, nodata=255)
+
+
+class LabelRaster:
+    """A class raster opened once for a whole scene (and, on another grid, warped onto it once): ``read`` gives
+    the labels under one chip. Use as a context manager, or call ``close``."""
+
+    def __init__(self, mask_path: Path, scene: SceneInfo | None = None) -> None:
+        self.path = Path(mask_path)
+        self.src = open_raster(self.path)
+        if self.src.count != 1:
+            self.src.close()
+            raise UnreadableImageError(f"{self.path}: label raster must have 1 band, found {self.src.count}")
+        try:
+            self.view = _on_scene_grid(self.src, scene, self.path) if scene is not None and not _same_grid(
+                self.src, scene) else None
+        except Exception:
+            self.src.close()
+            raise
+
+    def read(self, row: int, col: int, chip_size: int) -> np.ndarray:
+        """(chip_size, chip_size) class ids under the chip whose top-left pixel is (row, col) in the scene."""
+        dataset = self.view or self.src
+        if self.view is None and (row < 0 or col < 0 or row + chip_size > self.src.height
+                                  or col + chip_size > self.src.width):
+            raise UnreadableImageError(f"{self.path}: chip at row {row}, col {col} (size {chip_size}) lies "
+                                       f"outside the {self.src.width}x{self.src.height} px label raster")
+        try:
+            return dataset.read(1, window=Window(col, row, chip_size, chip_size))
+        except RasterioError as error:
+            raise UnreadableImageError(
+                f"{self.path}: read failed at row {row}, col {col} ({one_line(error)})") from error
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
+        self.src.close()
+
+    def __enter__(self) -> LabelRaster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def read_label_chip(mask_path: Path, row: int, col: int, chip_size: int,
@@ -501,18 +551,5 @@ def read_label_chip(mask_path: Path, row: int, col: int, chip_size: int,
         UnreadableImageError: unreadable file, more than one band, another grid without a CRS to resample
             by, or (same grid) a window outside it.
     """
-    mask_path = Path(mask_path)
-    with open_raster(mask_path) as src:
-        if src.count != 1:
-            raise UnreadableImageError(f"{mask_path}: label raster must have 1 band, found {src.count}")
-        try:
-            if scene is not None and not _same_grid(src, scene):
-                with _on_scene_grid(src, scene, mask_path) as vrt:
-                    return vrt.read(1, window=Window(col, row, chip_size, chip_size))
-            if row < 0 or col < 0 or row + chip_size > src.height or col + chip_size > src.width:
-                raise UnreadableImageError(f"{mask_path}: chip at row {row}, col {col} (size {chip_size}) lies "
-                                           f"outside the {src.width}x{src.height} px label raster")
-            return src.read(1, window=Window(col, row, chip_size, chip_size))
-        except RasterioError as error:
-            raise UnreadableImageError(
-                f"{mask_path}: read failed at row {row}, col {col} ({one_line(error)})") from error
+    with LabelRaster(mask_path, scene) as labels:
+        return labels.read(row, col, chip_size)

@@ -48,10 +48,16 @@ BAND_TOKEN = re.compile(r"(?<![A-Za-z0-9])B(\d{1,2})(A?)(?![0-9])", re.IGNORECAS
 # SAR polarisations as band files name them (Sentinel-1 ``s1a-iw-grd-vv-….tiff``, BigEarthNet ``…_VH.tif``)
 POLARISATION_TOKEN = re.compile(r"(?<![A-Za-z0-9])(VV|VH|HH|HV)(?![A-Za-z0-9])", re.IGNORECASE)
 POLARISATION_ORDER = ("VV", "VH", "HH", "HV")
+# Landsat Collection 2 band files (LC09_…_SR_B5.TIF, …_ST_B10.TIF): their own numbering, not Sentinel-2's
+LANDSAT_TOKEN = re.compile(r"(?<![A-Za-z0-9])(SR|ST)_B(\d{1,2})(?![0-9])", re.IGNORECASE)
 
 
 def band_token(stem: str) -> str | None:
-    """The band a file name names: ``B02`` (``B2`` normalised), ``B8A``, or a polarisation ``VV`` … ; else None."""
+    """The band a file name names: Landsat ``SR_B5`` / ``ST_B10``, Sentinel-2 ``B02`` (``B2`` normalised), ``B8A``,
+    or a polarisation ``VV`` … ; else None."""
+    landsat = LANDSAT_TOKEN.search(stem)
+    if landsat is not None:
+        return f"{landsat.group(1).upper()}_B{int(landsat.group(2))}"
     match = BAND_TOKEN.search(stem)
     if match is not None:
         number, suffix = int(match.group(1)), match.group(2).upper()
@@ -84,6 +90,9 @@ class BandStack:
 
 
 def _band_sort_key(name: str) -> tuple[int, str]:
+    landsat = LANDSAT_TOKEN.fullmatch(name)
+    if landsat:
+        return 500 + int(landsat.group(2)) + (100 if landsat.group(1).upper() == "ST" else 0), ""
     match = BAND_TOKEN.fullmatch(name)
     if match:
         return int(match.group(1)), match.group(2).upper()

@@ -8,7 +8,7 @@ additive and a few bright targets do not squash the rest (DOMAIN.md §4). What a
   by :mod:`pipeline.io.geotiff`): ``20·log10(x)``;
 * **db**: already decibels (BigEarthNet's Sentinel-1 patches), kept.
 
-``auto`` decides per scene from its stored type and values (:func:`input_kind`). Non-positive linear values have no
+``auto`` decides per scene from its stored type and the median of all its valid values (:func:`input_kind`). Non-positive linear values have no
 logarithm and are invalid (Sentinel-1 GRD uses 0 outside the swath). With co- and cross-polarised bands (VV and VH,
 or HH and HV) the cross-/co-pol ratio, ``VH − VV`` in dB, is added as a channel: it separates volume scattering
 (vegetation) from surface scattering better than either band alone.
@@ -24,14 +24,15 @@ POLARISATION_PAIRS = (("vv", "vh"), ("hh", "hv"))  # (co-pol, cross-pol)
 SarInput = str  # "intensity" | "amplitude" | "db"
 
 
-def input_kind(configured: str, dtypes: Sequence[str], has_negative: bool) -> SarInput:
+def input_kind(configured: str, dtypes: Sequence[str], median: float) -> SarInput:
     """What the stored values are: the configured kind, or for ``auto`` complex / integer → amplitude, float →
-    ``db`` when the scene has negative values (a linear quantity never does), else intensity."""
+    ``db`` when the scene's median valid value is negative (backscatter in dB mostly is; linear power is not,
+    though noise removal leaves a few small negative values in calibrated sigma0), else intensity."""
     if configured != "auto":
         return configured
     if any(str(t).startswith("complex") or np.issubdtype(np.dtype(str(t)), np.integer) for t in dtypes):
         return "amplitude"
-    return "db" if has_negative else "intensity"
+    return "db" if median < 0 else "intensity"
 
 
 def to_decibels(data: np.ndarray, valid: np.ndarray, kind: SarInput) -> tuple[np.ndarray, np.ndarray]:
