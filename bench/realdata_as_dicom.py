@@ -12,7 +12,7 @@ would meet them, this writes each image as a DICOM object of its modality with p
 Each image gets its own synthetic PatientID (the sets publish none; HC18 keeps one per exam), so the patient split
 is per image. Usage::
 
-    python bench/realdata_as_dicom.py ../shared/realdata/labelled/busi /tmp/busi_dicom [--limit 40]
+    python bench/realdata_as_dicom.py /path/to/labelled/busi /tmp/busi_dicom [--limit 40]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def convert_ultrasound(source: Path, out: Path, limit: int | None, name: str) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="a set folder of ../shared/realdata/labelled")
+    parser.add_argument("source", type=Path, help="a labelled set folder: pneumoniamnist, busi or hc18 (the development sets layout)")
     parser.add_argument("out", type=Path, help="where the DICOM folder is written (outside the repository)")
     parser.add_argument("--limit", type=int, default=None, help="at most N images per split and class")
     args = parser.parse_args()

@@ -8,7 +8,7 @@ The pixels are the PNG's, unchanged (tested: rasterio reads back the PNG's value
 
 Usage::
 
-    python bench/realdata_as_geotiff.py ../shared/realdata/labelled/ucmerced /tmp/ucmerced_tif [--limit 2]
+    python bench/realdata_as_geotiff.py /path/to/labelled/ucmerced /tmp/ucmerced_tif [--limit 2]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def write_tile(png: Path, target: Path, index: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", type=Path, help="the ucmerced folder of ../shared/realdata/labelled")
+    parser.add_argument("source", type=Path, help="the UC Merced development set folder (<split>/<class>/*.png and split.csv)")
     parser.add_argument("out", type=Path, help="where the GeoTIFF folder is written (outside the repository)")
     parser.add_argument("--limit", type=int, default=None, help="at most N images per split and class")
     args = parser.parse_args()
