@@ -291,3 +291,15 @@ def test_per_channel_value_ranges_and_label_rasters_keep_their_nodata_value(tmp_
                           transform=rasterio.transform.from_origin(500_000.0, 4_600_000.0, 20, 20))
     np.testing.assert_array_equal(read_label_chip(same, 0, 0, 32, scene=info)[:8],
                                   read_label_chip(coarse, 0, 0, 32, scene=info)[:8])  # 0 either way, as stored
+
+
+def test_a_class_raster_id_without_a_name_rejects_its_scene_with_one_line(tmp_path):
+    rng = np.random.default_rng(13)
+    write_raster(tmp_path / "src" / "s.tif", rng.integers(1, 900, (2, 64, 64)).astype(np.uint16))
+    write_raster(tmp_path / "src" / "t.tif", rng.integers(1, 900, (2, 64, 64)).astype(np.uint16))
+    write_raster(tmp_path / "src" / "masks" / "s.tif", np.full((1, 64, 64), 7, np.uint8))
+    (tmp_path / "src" / "classes.json").write_text(json.dumps({"mask_classes": {"0": "background", "1": "water"}}))
+    report = ingest(tmp_path / "src", tmp_path / "out", config(block_size_px=32))
+    (line,) = report["rejected"]
+    assert line["reason"] == ("s.tif: class raster value 7 has no class name; name it in classes.json "
+                              "mask_classes") and report["files"]["ingested"] == 1
