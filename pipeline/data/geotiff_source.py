@@ -28,12 +28,12 @@ import rasterio
 from pipeline.config import DomainDataConfig, GeoTiffOptions
 from pipeline.data.bands import canonical_band, choose_band_set
 from pipeline.data.scenes import (
-    GDAL_CACHE_BYTES, ChipLabels, Scene, list_scenes, open_chip_labels, open_scene, scene_band_names,
+    GDAL_CACHE_BYTES, ChipLabels, Scene, list_scenes, open_chip_labels, open_scene, scene_bands,
 )
 from pipeline.data.sources import MASK_NODATA, FileChips, FileTask
 from pipeline.data.value_ranges import clip_counts, configured_range, range_pairs, to_unit
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import GeoChip, read_scene_info
+from pipeline.io.geotiff import GeoChip
 from pipeline.io.sar import input_kind, to_decibels, with_ratios
 from pipeline.presets import PRESETS
 
@@ -64,34 +64,27 @@ def plan_scenes(source: Path, files: list[Path], cfg: DomainDataConfig, domain: 
     """Settle the band set (see the module docstring); unreadable headers are left to the reader."""
     if cfg.geotiff.bands is not None:  # the user's choice: every scene reads it (or is rejected by the reader)
         return ScenePlan(summary={"bands": list(cfg.geotiff.bands), "chosen": "configured"})
-    headers: dict[Path, list[str]] = {}
+    headers: dict[Path, tuple[list[str], tuple[int, ...]]] = {}  # one header read per scene
     for path in files:
         try:
-            headers[path] = scene_band_names(path)
+            headers[path] = scene_bands(path)
         except UnreadableImageError:
             continue
     if not headers:
         return ScenePlan()
     key = f"data.{domain or '<domain>'}.geotiff.bands"
-    choice = choose_band_set({path.relative_to(source).as_posix(): names for path, names in headers.items()}, key)
+    choice = choose_band_set({path.relative_to(source).as_posix(): names for path, (names, _) in headers.items()},
+                             key)
     plan = ScenePlan(channel_names=choice.channel_names)
-    for path, names in headers.items():
+    for path, (_, indexes) in headers.items():
         relative = path.relative_to(source).as_posix()
         if relative in choice.rejected:
             plan.rejected.append({"path": relative, "reason": f"{relative}: {choice.rejected[relative]}"})
-        else:
-            plan.bands[path] = _band_indexes(path, choice.selection[relative])
+        else:  # positions among the scene's data bands → the band indexes open_scene takes
+            plan.bands[path] = tuple(indexes[p - 1] for p in choice.selection[relative])
     plan.summary = {"bands": list(choice.channel_names), "chosen": "keeps the most (scenes x bands)",
                     "scenes_giving_it": len(plan.bands), "scenes": len(headers), "candidates": choice.candidates}
     return plan
-
-
-def _band_indexes(path: Path, positions: tuple[int, ...]) -> tuple[int, ...]:
-    """Positions among a scene's data bands → the indexes ``open_scene`` takes (a file's alpha band skipped)."""
-    if path.is_dir():
-        return positions
-    data_bands = read_scene_info(path).data_bands
-    return tuple(data_bands[p - 1] for p in positions)
 
 
 def read_geotiff_file(task: FileTask) -> FileChips:
@@ -115,9 +108,10 @@ def read_geotiff_file(task: FileTask) -> FileChips:
             sar_input = input_kind(options.sar.input, scene.dtypes, valid_median(chips))
             chips = _in_decibels(chips, out, sar_input, options)
         labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
+        fixed = configured_range(options.value_range, len(out.channel_names), f"{key}.value_range", task.relative)
         try:
             for chip, data, valid in chips:
-                _add_chip(out, task, chip, data, valid, labels, scene.grid.crs, f"{key}.value_range")
+                _add_chip(out, task, chip, data, valid, labels, scene.grid.crs, fixed)
         finally:
             if labels is not None:
                 labels.close()
@@ -160,13 +154,12 @@ def _in_decibels(chips: list, out: FileChips, sar_input: str, options: GeoTiffOp
 
 
 def _add_chip(out: FileChips, task: FileTask, chip: GeoChip, data: np.ndarray, valid: np.ndarray,
-              labels: ChipLabels | None, crs: str, key: str) -> None:
+              labels: ChipLabels | None, crs: str, fixed: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Map one chip to [0, 1] (or keep it pending a fitted range) and add it with its row and mask."""
     label, mask = task.labels.get(task.relative, ""), None
     if labels is not None:
         mask = np.where(valid, labels.read(chip, task.cfg.chip_size), MASK_NODATA).astype(np.uint8)
         label = dominant_class(mask, labels.class_names, task.relative)
-    fixed = configured_range(task.cfg.geotiff.value_range, data.shape[0], key, task.relative)
     if fixed is None:
         out.range_group = "pending"
         out.images.append(np.ascontiguousarray(data, dtype=np.float32))

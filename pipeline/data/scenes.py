@@ -186,16 +186,18 @@ def open_band_folder(folder: Path, bands: Sequence[int | str] | None, key: str) 
                  scales=grid.scales, read_chips=partial(iter_stack_chips, stack))
 
 
-def scene_band_names(path: Path) -> list[str]:
-    """The data bands' names of a scene, in band order, from its header alone (band folder: its band tokens).
+def scene_bands(path: Path) -> tuple[list[str], tuple[int, ...]]:
+    """The data bands' names of a scene, in band order, and their indexes as ``open_scene`` takes them (a file's
+    alpha band skipped), from its header alone (band folder: its band tokens, positions 1 … n).
 
     Raises:
         UnreadableImageError: unreadable or unsupported (the reader reports it again, with the same line).
     """
     if path.is_dir():
-        return list(find_band_files(path, GEOTIFF_SUFFIXES))
+        names = list(find_band_files(path, GEOTIFF_SUFFIXES))
+        return names, tuple(range(1, len(names) + 1))
     info = read_scene_info(path)
-    return [info.band_names[i - 1] for i in info.data_bands]
+    return [info.band_names[i - 1] for i in info.data_bands], info.data_bands
 
 
 def open_scene(path: Path, bands: Sequence[int | str] | None, key: str) -> Scene:
