@@ -179,6 +179,18 @@ def test_truncated_files_get_pydicoms_reason(tmp_path, monkeypatch, cut):
     assert_same_frames(path, monkeypatch)
 
 
+def test_a_file_cut_anywhere_is_never_read_as_plain(tmp_path):
+    """Every cut point, not a few sampled ones: random UID lengths move the element boundaries."""
+    whole = write_ct(tmp_path / "w.dcm", np.ones((16, 16), np.int16)).read_bytes()
+    cut_path = tmp_path / "cut.dcm"
+    survivors = []
+    for cut in range(len(whole)):
+        cut_path.write_bytes(whole[:cut])
+        if read_plain_header(cut_path) is not None:
+            survivors.append(cut)
+    assert survivors == []
+
+
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
 def test_compressed_files_go_through_pydicom(tmp_path, monkeypatch, syntax):
     path = write_ct(tmp_path / "c.dcm", np.arange(4096, dtype=np.int16).reshape(64, 64))

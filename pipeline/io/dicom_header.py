@@ -188,7 +188,7 @@ def read_meta(data: bytes) -> tuple[dict[int, str], int]:
 
 
 def _read_top_level(data: bytes, position: int, implicit: bool) -> dict[int, tuple[bytes | None, int, int]]:
-    """Wanted elements as (VR, value start, value end) by tag, up to and including Pixel Data."""
+    """Wanted elements as (VR, value start, value end) by tag, up to and including Pixel Data (which must be there)."""
     raw: dict[int, tuple[bytes | None, int, int]] = {}
     previous = -1
     while position + 8 <= len(data):
@@ -201,8 +201,9 @@ def _read_top_level(data: bytes, position: int, implicit: bool) -> dict[int, tup
         if tag in _KEYWORD_OF_TAG:
             raw[tag] = (vr, start, end)
             if tag == PIXEL_DATA:
-                break
-    return raw
+                return raw
+    # a file cut before its Pixel Data ends (or never had one): pydicom gives the reason
+    raise NotPlain("no complete Pixel Data element")
 
 
 def _next_element(data: bytes, position: int, implicit: bool,
