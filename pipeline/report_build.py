@@ -25,6 +25,7 @@ from pipeline.report import (
     segmentation_table, trained_result,
 )
 from pipeline.report_detection import detection_section
+from pipeline.report_training import below_floor_flags, budget_sentence, finetune_flags, training_block
 from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
 from pipeline.ssl.train import embedding_std_reference
 
@@ -65,7 +66,9 @@ def build_report(inputs: ReportInputs) -> dict:
             _label_efficiency_block(document, inputs, domain, metrics[domain], sweep)
     document.add(Heading("Protocols"), Bullets([
         "Floor: logistic regression on per-channel mean, std and 5/50/95 percentiles of each chip.",
-        "Linear: logistic regression on standardised frozen pooled features. Fine-tune: whole network + linear head.",
+        "Linear: logistic regression on standardised frozen pooled features. Fine-tune: whole network + linear head "
+        "(started from the linear probe when evaluate.finetune.linear_probe_first), weights chosen on the validation "
+        "split, the test split scored once.",
         "Mean ± 95 % Student-t CI over the evaluation seeds; each seed draws its own nested, stratified label subset.",
     ]))
     with atomic_file(inputs.reports_dir / "report.md") as stream:
@@ -83,6 +86,8 @@ def _domain_section(document: Document, inputs: ReportInputs, domain: str, prese
         f"{preset.description}. Test chips: {next(iter(results.values()))['n_test'] if results else 0}; "
         f"headline label fraction {inputs.label_fraction:.0%}; best mean per column in bold."))
     document.add(classification_table(cls), Bullets(conclusions(cls, inputs.label_fraction)))
+    training_block(document, budget_sentence(results, "Fine-tuning"),
+                    finetune_flags(cls, inputs.label_fraction, inputs.label_fractions))
     _label_efficiency_block(document, inputs, domain, metrics, LABEL_EFFICIENCY[0])
     _pretrain_block(document, inputs, domain, figure_dir)
     chips = load_chipset(inputs.ingest_dir / domain)
@@ -213,6 +218,8 @@ def _segmentation_section(document: Document, inputs: ReportInputs, domain: str,
     sentence = compare(seg, "finetune", "miou", setting=f"Segmentation, {first['label_fraction']:.0%} labels: ")
     if sentence:
         document.add(Bullets([sentence]))
+    training_block(document, budget_sentence(results, "Segmentation"),
+                    below_floor_flags(seg, "finetune", "miou", "evaluate.segmentation"))
     inits = [init for init in INIT_ORDER if init in results and results[init].get("overlays", {}).get("chips")]
     if inits:
         chips = load_chipset(inputs.ingest_dir / domain)

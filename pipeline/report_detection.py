@@ -15,6 +15,7 @@ from pipeline.data.chips import load_chipset
 from pipeline.display import display_views
 from pipeline.presets import DomainPreset
 from pipeline.report import INIT_ORDER, compare, detection_table, trained_result
+from pipeline.report_training import below_floor_flags, budget_sentence, training_block
 from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph
 
 
@@ -31,6 +32,8 @@ def detection_section(document: Document, ingest_dir: Path, figure_dir: Path, do
     sentence = compare(det, "finetune", "map50", setting=f"Detection, {first['label_fraction']:.0%} labels: ")
     if sentence:
         document.add(Bullets([sentence]))
+    training_block(document, budget_sentence(results, "Detection"),
+                   below_floor_flags(det, "finetune", "map50", "evaluate.detection"))
     inits = [init for init in INIT_ORDER if init in results and results[init].get("examples", {}).get("chips")]
     if not inits:
         return

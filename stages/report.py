@@ -32,7 +32,10 @@ if __name__ == "__main__":
         "backbone": f"{config.model.backbone} (ImageNet weights: {config.model.imagenet_weights})",
         "SimCLR": f"start {simclr.init}, {simclr.epochs} epochs, batch {simclr.batch_size}, τ {simclr.temperature}, "
                   f"{simclr.image_size} px, {simclr.optimizer} lr {simclr.lr}",
-        "evaluation": f"seeds {list(config.evaluate.seeds)}, fine-tune {config.evaluate.finetune.steps} steps",
+        "evaluation": f"seeds {list(config.evaluate.seeds)}; fine-tune {config.evaluate.finetune.describe()}"
+                      f"{', linear probe first' if config.evaluate.finetune.linear_probe_first else ''}; "
+                      f"segmentation {config.evaluate.segmentation.describe()}; "
+                      f"detection {config.evaluate.detection.describe()}",
         "software": f"python {platform.python_version()}, " + ", ".join(f"{name} {version(name)}" for name in LIBRARIES),
         "hardware": f"{hardware()}, {torch.get_num_threads()} torch threads",
     }

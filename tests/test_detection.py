@@ -277,7 +277,8 @@ def test_augment_false_trains_on_the_chips_as_they_are():
 
     def trained(cfg: DetectionConfig, preset: str) -> list[torch.Tensor]:
         model = build_detector(create_backbone(NAME, "random", 4, seed=0)[0], NAME, 4, 1, 32, cfg)
-        return [p.detach() for p in finetune_detector(model, chips, np.arange(12), cfg, 0, augment_preset=preset).parameters()]
+        model, _ = finetune_detector(model, chips, np.arange(12), np.zeros(0, np.int64), cfg, 0, augment_preset=preset)
+        return [p.detach() for p in model.parameters()]
 
     plain = trained(on, "none")
     assert all(torch.equal(a, b) for a, b in zip(trained(off, "remote_multispectral"), plain))

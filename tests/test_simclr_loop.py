@@ -14,7 +14,7 @@ from pipeline.models.heads import SimCLRModel
 from pipeline.runtime import Compute
 from pipeline.ssl import train
 from pipeline.ssl.train import pretrain_simclr
-from pipeline.tasks.classification import finetune_classifier
+from pipeline.tasks.classification import finetune_classifier, predict_proba
 
 
 def _chips(n: int = 24, channels: int = 4, size: int = 32) -> ChipSet:
@@ -61,8 +61,9 @@ def test_finetune_is_deterministic_and_returns_probabilities():
     chips = _chips()
     train, test = chips.indices("train"), chips.indices("val")
     cfg = FinetuneConfig(steps=3, batch_size=4)
-    runs = [finetune_classifier(create_backbone("tf_efficientnet_lite0", "random", 4, seed=0)[0], chips, train,
-                                test, cfg, "remote_multispectral", seed=1) for _ in range(2)]
+    models = [finetune_classifier(create_backbone("tf_efficientnet_lite0", "random", 4, seed=0)[0], chips, train,
+                                  np.zeros(0, np.int64), cfg, "remote_multispectral", seed=1)[0] for _ in range(2)]
+    runs = [predict_proba(model, chips, test) for model in models]
     assert runs[0].shape == (len(test), 2)
     np.testing.assert_allclose(runs[0].sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(runs[0], runs[1])

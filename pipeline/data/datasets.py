@@ -70,3 +70,12 @@ def augment_one_view(transform, image: np.ndarray, seed_words: list[int]) -> np.
     transform.set_random_seed(int(np.random.SeedSequence(seed_words).generate_state(1)[0]))
     hwc = np.ascontiguousarray(np.moveaxis(np.asarray(image, dtype=np.float32), 0, -1))
     return np.ascontiguousarray(np.moveaxis(transform(image=hwc)["image"], -1, 0))
+
+
+def resize_batch(batch: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(B, C, H, W) resized to (size, size), bilinear and antialiased when shrinking; unchanged for None or
+    the same size (a fine-tune at ``image_size`` scores chips at the size it trained on)."""
+    if size is None or tuple(batch.shape[-2:]) == (size, size):
+        return batch
+    return torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)

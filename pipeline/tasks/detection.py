@@ -29,10 +29,12 @@ from pipeline.augment_boxes import augment_with_boxes, build_box_transform
 from pipeline.config import DetectionConfig
 from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser
-from pipeline.data.subsets import draw_batch
+from pipeline.data.subsets import epoch_batches
+from pipeline.metrics import detection_map
 from pipeline.runtime import Compute
 from pipeline.tasks.optim import transfer_optimizer
 from pipeline.tasks.segmentation import transfer_encoder_weights
+from pipeline.tasks.transfer_loop import plan_schedule, train_with_validation
 
 FEATURE_LEVELS = (1, 2, 3, 4)  # timm out_indices: strides 4, 8, 16, 32 (64-px chips → 16 … 2 px maps)
 BOX_HEAD_WIDTH = 256  # Faster R-CNN box head: torchvision's 1024 is sized for 800-px COCO images and 4× slower here
@@ -107,7 +109,7 @@ def build_detector(backbone: nn.Module, backbone_name: str, in_chans: int, num_c
     """``cfg.architecture`` on ``backbone``'s weights; ``num_classes`` object classes (background added here)."""
     features = FeaturePyramidBackbone(build_feature_body(backbone, backbone_name, in_chans), cfg.fpn_channels)
     return ARCHITECTURES[cfg.architecture](features, num_classes + 1, cfg,
-                                           identity_transform_options(in_chans, chip_size))
+                                           identity_transform_options(in_chans, cfg.image_size or chip_size))
 
 
 def _targets(boxes: list[np.ndarray], device) -> list[dict[str, torch.Tensor]]:
@@ -116,33 +118,39 @@ def _targets(boxes: list[np.ndarray], device) -> list[dict[str, torch.Tensor]]:
              "labels": torch.from_numpy(b[:, 4].astype(np.int64) + 1).to(device)} for b in boxes]
 
 
-def finetune_detector(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg: DetectionConfig, seed: int,
-                      compute: Compute = Compute(), augment_preset: str = "none") -> nn.Module:
-    """Fine-tune body + FPN + heads on ``train`` chips (new layers at ``lr × head_lr_multiplier``), each chip
-    augmented with its boxes by the domain's box-aware recipe (:mod:`pipeline.augment_boxes`) unless
-    ``cfg.augment`` is off: on the demo's 20-step budget the recipes cost remote mAP (see README)."""
+def finetune_detector(model: nn.Module, chips: ChipSet, train: np.ndarray, val: np.ndarray, cfg: DetectionConfig,
+                      seed: int, compute: Compute = Compute(), augment_preset: str = "none") -> tuple[nn.Module, dict]:
+    """Fine-tune body + FPN + heads on ``train`` chips (new layers at ``lr × head_lr_multiplier``) by the shared
+    protocol, keeping the weights with the best validation mAP@0.5; each chip is augmented with its boxes by
+    the domain's box-aware recipe (:mod:`pipeline.augment_boxes`) unless ``cfg.augment`` is off."""
     torch.manual_seed(seed)
     model = model.to(compute.device).train()
     body = list(model.backbone.body.parameters())
     body_ids = {id(p) for p in body}
     new = [p for p in model.parameters() if id(p) not in body_ids]
-    optimizer, scheduler = transfer_optimizer(body, new, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay, cfg.steps,
-                                              compute.device)
+    optimizer = transfer_optimizer(body, new, cfg.lr, cfg.head_lr_multiplier, cfg.weight_decay, compute.device)
     standardise = ChannelStandardiser(chips.mean, chips.std)
     transform = build_box_transform(augment_preset if cfg.augment else "none")
-    rng = np.random.default_rng([seed, 13])
-    for step in range(cfg.steps):
-        scheduler.step_update(step)
-        batch = train[draw_batch(rng, len(train), cfg.batch_size)]
-        pairs = [augment_with_boxes(transform, chips.images[i], chips.boxes[i], [seed, step, int(i)]) for i in batch]
-        images = standardise(torch.from_numpy(np.stack([image for image, _ in pairs])))
+
+    def prepared():
+        rng = np.random.default_rng([seed, 13])
+        for step, positions in enumerate(epoch_batches(rng, len(train), cfg.batch_size)):
+            pairs = [augment_with_boxes(transform, chips.images[i], chips.boxes[i], [seed, step, int(i)])
+                     for i in train[positions]]
+            yield standardise(torch.from_numpy(np.stack([image for image, _ in pairs]))), [b for _, b in pairs]
+
+    def loss_of(batch) -> torch.Tensor:
+        images, boxes = batch
         with compute.autocast():
-            losses = model(list(images.to(compute.device)), _targets([boxes for _, boxes in pairs], compute.device))
-        loss = sum(value.float() for value in losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model
+            losses = model(list(images.to(compute.device)), _targets(boxes, compute.device))
+        return sum(value.float() for value in losses.values())
+
+    def validate() -> float:
+        return detection_map([chips.boxes[i] for i in val], predict_boxes(model, chips, val, compute))["map50"]
+
+    record = train_with_validation(model, optimizer, plan_schedule(len(train), cfg), prepared(), loss_of,
+                                   validate if len(val) else None, cfg.freeze_pretrained_batchnorm)
+    return model, record
 
 
 @torch.no_grad()

@@ -18,12 +18,12 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.config import EvaluateConfig
+from pipeline.config import EvaluateConfig, TransferTraining
 from pipeline.data.chips import ChipSet
-from pipeline.data.subsets import label_subset
+from pipeline.data.subsets import label_subset, validation_subset
 from pipeline.metrics import classification_metrics, summarise_runs
 from pipeline.tasks.floor import image_statistics
-from pipeline.tasks.linear_probe import linear_probe_proba
+from pipeline.tasks.linear_probe import fit_linear_probe, probe_as_linear_layer, probe_proba
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,26 +64,40 @@ def run_protocols(protocols: dict[str, float], run_fraction: Callable[[float], o
     return {protocol: done[fraction] for protocol, fraction in protocols.items()}
 
 
-def _linear_runs(chips, train, test, train_features, test_features, cfg: EvaluateConfig, fraction: float):
+class LinearProbes:
+    """The linear probe of each (label fraction, seed) subset, fitted once: the linear protocol scores it and
+    LP-FT starts its head from it."""
+
+    def __init__(self, chips: ChipSet, train: np.ndarray, train_features: np.ndarray, cfg: EvaluateConfig):
+        self.labels, self.features, self.cfg = chips.labels[train], train_features, cfg
+        self.fitted: dict[tuple[float, int], tuple[np.ndarray, object]] = {}
+
+    def __call__(self, fraction: float, seed: int) -> tuple[np.ndarray, object]:
+        """(positions of the subset in the train split, the fitted probe)."""
+        if (fraction, seed) not in self.fitted:
+            positions = label_subset(self.labels, fraction, seed)
+            self.fitted[fraction, seed] = positions, fit_linear_probe(
+                self.features[positions], self.labels[positions], self.cfg.linear.inverse_regularisation,
+                self.cfg.linear.max_iter)
+        return self.fitted[fraction, seed]
+
+
+def _linear_runs(chips, test, probes: LinearProbes, test_features, cfg: EvaluateConfig, fraction: float):
     """Linear probe per seed at one label fraction; also returns the seeds' summed confusion matrix."""
     runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
     for seed in cfg.seeds:
-        subset = label_subset(chips.labels[train], fraction, seed)
-        proba = linear_probe_proba(
-            train_features[subset], chips.labels[train][subset], test_features, len(chips.classes),
-            cfg.linear.inverse_regularisation, cfg.linear.max_iter,
-        )
-        runs.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
+        positions, probe = probes(fraction, seed)
+        proba = probe_proba(probe, test_features, len(chips.classes))
+        runs.append({"seed": seed, "n_labels": len(positions), **classification_metrics(chips.labels[test], proba)})
         confusion += confusion_counts(chips.labels[test], proba)
     return runs, confusion
 
 
-def _linear_protocols(chips, train, test, train_features, test_features, cfg: EvaluateConfig):
+def _linear_protocols(chips, test, probes: LinearProbes, test_features, cfg: EvaluateConfig):
     """The headline linear probe plus one run per ``evaluate.label_fractions`` (features extracted once)."""
     protocols = {"linear": cfg.label_fraction,
                  **{fraction_key("linear", fraction): fraction for fraction in cfg.label_fractions}}
-    done = run_protocols(protocols, lambda fraction: _linear_runs(
-        chips, train, test, train_features, test_features, cfg, fraction))
+    done = run_protocols(protocols, lambda fraction: _linear_runs(chips, test, probes, test_features, cfg, fraction))
     return {protocol: runs for protocol, (runs, _) in done.items()}, done["linear"][1]
 
 
@@ -131,37 +145,53 @@ def evaluate_backbone(
     backbone = make_backbone()
     train_features = extract_features(backbone, chips, train, compute=compute)
     test_features = extract_features(backbone, chips, test, compute=compute)
-    runs, linear_confusion = _linear_protocols(chips, train, test, train_features, test_features, cfg)
+    probes = LinearProbes(chips, train, train_features, cfg)
+    runs, linear_confusion = _linear_protocols(chips, test, probes, test_features, cfg)
+    splits = {"train": train, "val": chips.indices("val", labelled=True), "test": test}
     finetune = run_protocols(transfer_protocols(cfg, "finetune"), lambda fraction: _finetune_runs(
-        make_backbone, chips, train, test, cfg, augment_preset, fraction, compute))
+        make_backbone, chips, splits, probes, cfg, augment_preset, fraction, compute))
     finetune_confusion = finetune["finetune"][1]
     extra = {**extra, "confusion": {"linear": linear_confusion.tolist(), "finetune": finetune_confusion.tolist()},
-             "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0])}
+             "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0]),
+             "finetune_budget": training_budget(cfg.finetune, "evaluate.finetune")}
     return _result({**runs, **{protocol: seeds for protocol, (seeds, _) in finetune.items()}}, cfg, len(test), extra)
 
 
-def _finetune_runs(make_backbone, chips, train, test, cfg: EvaluateConfig, augment_preset: str, fraction: float,
-                   compute: Compute) -> tuple[list[dict], np.ndarray]:
-    """Fine-tune per seed on that seed's label subset; also the seeds' summed test confusion matrix."""
-    from pipeline.tasks.classification import finetune_classifier  # timm: see the module docstring
+def training_budget(cfg: TransferTraining, key: str) -> dict:
+    """What the report states about a transfer task's training: its schedule settings and their params key."""
+    fields = ("epochs", "min_steps", "steps", "batch_size", "image_size", "lr", "patience")
+    return {"key": key, **{name: getattr(cfg, name) for name in fields}}
 
+
+def _finetune_runs(make_backbone, chips, splits: dict[str, np.ndarray], probes: LinearProbes, cfg: EvaluateConfig,
+                   augment_preset: str, fraction: float, compute: Compute) -> tuple[list[dict], np.ndarray]:
+    """Fine-tune per seed on that seed's label subset (the head started from its linear probe when
+    ``linear_probe_first``), stopping on the validation split; score the test split once with the best weights.
+    Also returns the seeds' summed test confusion matrix."""
+    from pipeline.tasks.classification import finetune_classifier, predict_proba  # timm: see the module docstring
+
+    train, test, settings = splits["train"], splits["test"], cfg.finetune
     runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
     for seed in cfg.seeds:
-        subset = train[label_subset(chips.labels[train], fraction, seed)]
-        proba = finetune_classifier(make_backbone(), chips, subset, test, cfg.finetune, augment_preset, seed,
-                                    compute=compute)
-        runs.append({"seed": seed, "n_labels": len(subset), **classification_metrics(chips.labels[test], proba)})
+        positions, probe = probes(fraction, seed)
+        head = probe_as_linear_layer(probe, len(chips.classes)) if settings.linear_probe_first else None
+        model, record = finetune_classifier(make_backbone(), chips, train[positions],
+                                            validation_subset(splits["val"], settings.max_validation_chips, seed), settings,
+                                            augment_preset, seed, compute=compute, head_init=head)
+        proba = predict_proba(model, chips, test, compute=compute, image_size=settings.image_size)
+        runs.append({"seed": seed, "n_labels": len(positions), **classification_metrics(chips.labels[test], proba),
+                     "training": record})
         confusion += confusion_counts(chips.labels[test], proba)
-        log.info("fine-tune %g%% labels, seed %d: %s", fraction * 100, seed,
-                 {k: round(v, 3) for k, v in runs[-1].items()})
+        log.info("fine-tune %g%% labels, seed %d: auroc %.3f acc %.3f after %d of %d steps (best at %d)",
+                 fraction * 100, seed, runs[-1]["auroc"], runs[-1]["acc"], record["steps_run"],
+                 record["steps_planned"], record["best_step"])
     return runs, confusion
 
 
 def evaluate_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
     """The image-statistics floor with the same label subsets and linear probe as the backbones."""
     train, test = _labelled_splits(chips)
-    runs, confusion = _linear_protocols(
-        chips, train, test, image_statistics(chips, train), image_statistics(chips, test), cfg
-    )
+    probes = LinearProbes(chips, train, image_statistics(chips, train), cfg)
+    runs, confusion = _linear_protocols(chips, test, probes, image_statistics(chips, test), cfg)
     extra = {"init": "floor", "features": "per-channel mean, std, p5/p50/p95", "confusion": {"linear": confusion.tolist()}}
     return _result(runs, cfg, len(test), extra)

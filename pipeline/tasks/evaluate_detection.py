@@ -21,10 +21,10 @@ from torchvision.ops import batched_nms, box_iou
 
 from pipeline.config import EvaluateConfig
 from pipeline.data.chips import ChipSet
-from pipeline.data.subsets import label_subset
+from pipeline.data.subsets import label_subset, validation_subset
 from pipeline.metrics import DETECTION_METRICS, detection_map, summarise_runs
 from pipeline.runtime import Compute
-from pipeline.tasks.evaluate import run_protocols, transfer_protocols
+from pipeline.tasks.evaluate import run_protocols, training_budget, transfer_protocols
 from pipeline.tasks.detection import build_detector, finetune_detector, predict_boxes
 
 log = logging.getLogger(__name__)
@@ -50,21 +50,26 @@ def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: st
     """Per seed: fine-tune on a label subset (``augment_preset``: a key of
     :data:`pipeline.augment_boxes.BOX_AUGMENT_PRESETS`), then mAP@0.5 and mAP@0.5:0.95 on the test split."""
 
-    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> list[np.ndarray]:
-        model = build_detector(make_backbone(), backbone_name, chips.in_chans, len(chips.box_classes or []),
-                               int(chips.images.shape[-1]), cfg.detection)
-        model = finetune_detector(model, chips, subset, cfg.detection, seed, compute, augment_preset)
-        return predict_boxes(model, chips, test, compute)
+    settings = cfg.detection
 
-    return _evaluate(chips, cfg, fit_predict, {"architecture": cfg.detection.architecture, **extra}, examples=True)
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> tuple[list[np.ndarray], dict]:
+        model = build_detector(make_backbone(), backbone_name, chips.in_chans, len(chips.box_classes or []),
+                               int(chips.images.shape[-1]), settings)
+        val = validation_subset(annotated_split(chips, "val"), settings.max_validation_chips, seed)
+        model, record = finetune_detector(model, chips, subset, val, settings, seed, compute, augment_preset)
+        return predict_boxes(model, chips, test, compute), record
+
+    extra = {"architecture": settings.architecture, "finetune_budget": training_budget(settings, "evaluate.detection"),
+             **extra}
+    return _evaluate(chips, cfg, fit_predict, extra, examples=True)
 
 
 def evaluate_detection_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
     """The trivial floor on the same label subsets: every test chip gets the subset's box prior."""
 
-    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> list[np.ndarray]:
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> tuple[list[np.ndarray], None]:
         prior = box_prior([chips.boxes[i] for i in subset], cfg.detection.max_detections)
-        return [prior] * len(test)
+        return [prior] * len(test), None
 
     extra = {"init": "floor", "architecture": "box position prior",
              "features": "the labelled chips' boxes where they were, scored by how many labelled boxes agree"}
@@ -86,9 +91,10 @@ def box_prior(boxes: list[np.ndarray], max_detections: int, iou: float = 0.5) ->
 
 
 def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
-              fit_predict: Callable[[np.ndarray, int, np.ndarray], list[np.ndarray]], extra: dict,
-              examples: bool) -> dict:
-    """Seeds × ``transfer_protocols(cfg, "det")``: each seed's label subset → ``fit_predict`` → test mAP."""
+              fit_predict: Callable[[np.ndarray, int, np.ndarray], tuple[list[np.ndarray], dict | None]],
+              extra: dict, examples: bool) -> dict:
+    """Seeds × ``transfer_protocols(cfg, "det")``: each seed's label subset → ``fit_predict`` (test predictions
+    and the training record, None for the floor) → test mAP."""
     if chips.boxes is None or not chips.box_classes:
         raise ValueError("detection needs boxes in the chip cache (a COCO boxes.json in the source folder)")
     train, test = annotated_split(chips, "train"), annotated_split(chips, "test")
@@ -102,10 +108,10 @@ def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
         runs, drawn = [], {}
         for seed in cfg.seeds:
             subset = train[label_subset(chips.labels[train], fraction, seed)]
-            predicted = fit_predict(subset, seed, test)
+            predicted, record = fit_predict(subset, seed, test)
             runs.append({"seed": seed, "n_labels": len(subset),
                          "n_label_boxes": int(sum(len(chips.boxes[i]) for i in subset)),
-                         **detection_map(truth, predicted)})
+                         **detection_map(truth, predicted), **({"training": record} if record else {})})
             if examples and not drawn:
                 drawn = {"chips": shown.tolist(), "predicted": [
                     np.round(predicted[position[int(i)]][predicted[position[int(i)]][:, 4] >= EXAMPLE_MIN_SCORE],

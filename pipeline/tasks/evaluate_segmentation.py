@@ -20,9 +20,9 @@ import numpy as np
 
 from pipeline.config import EvaluateConfig
 from pipeline.data.chips import MASK_IGNORE, ChipSet
-from pipeline.data.subsets import label_subset
+from pipeline.data.subsets import label_subset, validation_subset
 from pipeline.metrics import segmentation_confusion, segmentation_metrics, summarise_runs
-from pipeline.tasks.evaluate import run_protocols, transfer_protocols
+from pipeline.tasks.evaluate import run_protocols, training_budget, transfer_protocols
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,22 +50,26 @@ def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name:
     compute = compute or Compute()
     classes = chips.mask_classes or []
 
-    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> np.ndarray:
-        model = build_segmenter(make_backbone(), backbone_name, cfg.segmentation.architecture, chips.in_chans,
-                                len(classes))
-        model = finetune_segmenter(model, chips, subset, cfg.segmentation, augment_preset, seed, compute)
-        return predict_masks(model, chips, test, compute)
+    settings = cfg.segmentation
 
-    return _evaluate(chips, cfg, fit_predict, {"architecture": cfg.segmentation.architecture, **extra},
-                     overlays=True)
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> tuple[np.ndarray, dict]:
+        model = build_segmenter(make_backbone(), backbone_name, settings.architecture, chips.in_chans, len(classes))
+        val = validation_subset(_masked_split(chips, "val"), settings.max_validation_chips, seed)
+        model, record = finetune_segmenter(model, chips, subset, val, settings, augment_preset, seed, compute)
+        return predict_masks(model, chips, test, compute, image_size=settings.image_size), record
+
+    extra = {"architecture": settings.architecture, "finetune_budget": training_budget(settings,
+                                                                                       "evaluate.segmentation"),
+             **extra}
+    return _evaluate(chips, cfg, fit_predict, extra, overlays=True)
 
 
 def evaluate_segmentation_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
     """The trivial floor on the same label subsets: every test chip gets the subset's per-pixel prior."""
 
-    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> np.ndarray:
+    def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> tuple[np.ndarray, None]:
         prior = pixel_prior(np.asarray(chips.masks[subset]), len(chips.mask_classes), MASK_IGNORE)
-        return np.broadcast_to(prior, (len(test), *prior.shape))
+        return np.broadcast_to(prior, (len(test), *prior.shape)), None
 
     extra = {"init": "floor", "architecture": "per-pixel class prior",
              "features": "the most frequent class at each pixel position of the labelled chips"}
@@ -82,8 +86,10 @@ def pixel_prior(masks: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:
 
 
 def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
-              fit_predict: Callable[[np.ndarray, int, np.ndarray], np.ndarray], extra: dict, overlays: bool) -> dict:
-    """Seeds × ``transfer_protocols(cfg, "seg")``: each seed's label subset → ``fit_predict`` → test metrics."""
+              fit_predict: Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, dict | None]], extra: dict,
+              overlays: bool) -> dict:
+    """Seeds × ``transfer_protocols(cfg, "seg")``: each seed's label subset → ``fit_predict`` (test predictions
+    and the training record, None for the floor) → test metrics."""
     if chips.masks is None or not chips.mask_classes:
         raise ValueError("segmentation needs masks in the chip cache (masks/ beside the images) and mask_classes")
     train, test = _masked_split(chips, "train"), _masked_split(chips, "test")
@@ -95,9 +101,10 @@ def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
         runs, shown = [], {}
         for seed in cfg.seeds:
             subset = train[label_subset(chips.labels[train], fraction, seed)]
-            predicted = fit_predict(subset, seed, test)
+            predicted, record = fit_predict(subset, seed, test)
             confusion = segmentation_confusion(truth, predicted, len(classes), MASK_IGNORE)
-            runs.append({"seed": seed, "n_labels": len(subset), **segmentation_metrics(confusion, classes)})
+            runs.append({"seed": seed, "n_labels": len(subset), **segmentation_metrics(confusion, classes),
+                         **({"training": record} if record else {})})
             if overlays and not shown:
                 shown = {"chips": test[:OVERLAY_CHIPS].tolist(), "predicted": predicted[:OVERLAY_CHIPS].tolist()}
             log.info("segmentation %s %g%% labels, seed %d: mIoU %.3f", extra.get("init", ""), fraction * 100, seed,

@@ -8,27 +8,40 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def linear_probe_proba(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    query_features: np.ndarray,
-    num_classes: int,
-    inverse_regularisation: float = 1.0,
-    max_iter: int = 2000,
-) -> np.ndarray:
-    """Logistic regression on standardised frozen features; (Q, num_classes) probabilities.
+def fit_linear_probe(train_features: np.ndarray, train_labels: np.ndarray, inverse_regularisation: float = 1.0,
+                     max_iter: int = 2000) -> Pipeline:
+    """Logistic regression on standardised frozen features."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=inverse_regularisation, max_iter=max_iter))
+    return model.fit(train_features, train_labels)
 
-    Classes absent from the (small) labelled subset get probability 0, so every protocol reports
-    probabilities over the same class list.
-    """
-    model = make_pipeline(
-        StandardScaler(), LogisticRegression(C=inverse_regularisation, max_iter=max_iter)
-    )
-    model.fit(train_features, train_labels)
+
+def probe_proba(probe: Pipeline, query_features: np.ndarray, num_classes: int) -> np.ndarray:
+    """(Q, num_classes) probabilities. Classes absent from the (small) labelled subset get probability 0, so
+    every protocol reports probabilities over the same class list."""
     proba = np.zeros((len(query_features), num_classes))
-    proba[:, model.classes_] = model.predict_proba(query_features)
+    proba[:, probe.classes_] = probe.predict_proba(query_features)
     return proba
+
+
+ABSENT_CLASS_MARGIN = 10.0  # logits below the lowest present class's bias: probability ~e^-10 before fine-tuning
+
+
+def probe_as_linear_layer(probe: Pipeline, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(weight (K, F), bias (K,)) of one linear layer on raw features whose softmax equals the probe's
+    probabilities: the standardisation is folded in, a binary probe's single logit is split ± half over its two
+    classes, and classes absent from the subset get zero weight and a bias far below the others. This is the
+    head LP-FT starts fine-tuning from."""
+    scaler, logistic = probe.named_steps["standardscaler"], probe.named_steps["logisticregression"]
+    coef, intercept = logistic.coef_, logistic.intercept_
+    if len(logistic.classes_) == 2 and coef.shape[0] == 1:
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = coef / scaler.scale_
+    bias = intercept - weight @ scaler.mean_
+    full_weight = np.zeros((num_classes, weight.shape[1]))
+    full_bias = np.full(num_classes, bias.min() - ABSENT_CLASS_MARGIN)
+    full_weight[logistic.classes_], full_bias[logistic.classes_] = weight, bias
+    return full_weight.astype(np.float32), full_bias.astype(np.float32)

@@ -20,10 +20,12 @@ from torch import nn
 from pipeline.augment import build_view_transform
 from pipeline.config import SegmentationConfig
 from pipeline.data.chips import MASK_IGNORE, ChipSet
-from pipeline.data.datasets import ChannelStandardiser
-from pipeline.data.subsets import draw_batch
+from pipeline.data.datasets import ChannelStandardiser, resize_batch
+from pipeline.data.subsets import epoch_batches
+from pipeline.metrics import segmentation_confusion, segmentation_metrics
 from pipeline.runtime import Compute
 from pipeline.tasks.optim import transfer_optimizer
+from pipeline.tasks.transfer_loop import plan_schedule, train_with_validation
 
 ARCHITECTURES = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}
 # Layers of a timm classifier that a features_only encoder does not have (EfficientNet's head conv + BN,
@@ -63,29 +65,42 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice: nn.Module
     return F.cross_entropy(logits, masks, ignore_index=MASK_IGNORE) + dice(logits, masks)
 
 
-def finetune_segmenter(model: nn.Module, chips: ChipSet, train: np.ndarray, cfg: SegmentationConfig,
-                       augment_preset: str, seed: int, compute: Compute = Compute()) -> nn.Module:
-    """Fine-tune encoder + decoder on ``train`` chips (decoder at ``lr × decoder_lr_multiplier``)."""
+def finetune_segmenter(model: nn.Module, chips: ChipSet, train: np.ndarray, val: np.ndarray,
+                       cfg: SegmentationConfig, augment_preset: str, seed: int,
+                       compute: Compute = Compute()) -> tuple[nn.Module, dict]:
+    """Fine-tune encoder + decoder on ``train`` chips (decoder at ``lr × decoder_lr_multiplier``) by the shared
+    protocol, keeping the weights with the best validation mIoU; returns the model and the training record."""
     torch.manual_seed(seed)
     model = model.to(compute.device, memory_format=torch.channels_last).train()
     decoder = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
-    optimizer, scheduler = transfer_optimizer(model.encoder.parameters(), decoder, cfg.lr, cfg.decoder_lr_multiplier,
-                                              cfg.weight_decay, cfg.steps, compute.device)
+    optimizer = transfer_optimizer(model.encoder.parameters(), decoder, cfg.lr, cfg.decoder_lr_multiplier,
+                                   cfg.weight_decay, compute.device)
     dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=MASK_IGNORE)
     standardise = ChannelStandardiser(chips.mean, chips.std)
-    transform = build_view_transform(augment_preset, chips.images.shape[-1])
-    rng = np.random.default_rng([seed, 11])
-    for step in range(cfg.steps):
-        scheduler.step_update(step)
-        batch = train[draw_batch(rng, len(train), cfg.batch_size)]
-        images, masks = _augmented_pairs(transform, chips, batch, [seed, step])
+    size = cfg.image_size or int(chips.images.shape[-1])
+    transform = build_view_transform(augment_preset, size)
+    classes = len(chips.mask_classes or [])
+
+    def prepared():
+        rng = np.random.default_rng([seed, 11])
+        for step, positions in enumerate(epoch_batches(rng, len(train), cfg.batch_size)):
+            images, masks = _augmented_pairs(transform, chips, train[positions], [seed, step])
+            yield standardise(images), masks
+
+    def loss_of(batch) -> torch.Tensor:
+        images, masks = batch
         with compute.autocast():
-            logits = model(standardise(images).to(compute.device))
-        loss = segmentation_loss(logits.float(), masks.to(compute.device), dice)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model
+            logits = model(images.to(compute.device))
+        return segmentation_loss(logits.float(), masks.to(compute.device), dice)
+
+    def validate() -> float:
+        predicted = predict_masks(model, chips, val, compute, image_size=size)
+        confusion = segmentation_confusion(np.asarray(chips.masks[val]), predicted, classes, MASK_IGNORE)
+        return segmentation_metrics(confusion, chips.mask_classes)["miou"]
+
+    record = train_with_validation(model, optimizer, plan_schedule(len(train), cfg), prepared(), loss_of,
+                                   validate if len(val) else None, cfg.freeze_pretrained_batchnorm)
+    return model, record
 
 
 def _augmented_pairs(transform, chips: ChipSet, batch: np.ndarray, seed_words: list[int]):
@@ -102,14 +117,18 @@ def _augmented_pairs(transform, chips: ChipSet, batch: np.ndarray, seed_words: l
 
 @torch.no_grad()
 def predict_masks(model: nn.Module, chips: ChipSet, indices: np.ndarray, compute: Compute = Compute(),
-                  batch_size: int = 64) -> np.ndarray:
-    """(len(indices), S, S) uint8 argmax class per pixel."""
+                  batch_size: int = 64, image_size: int | None = None) -> np.ndarray:
+    """(len(indices), S, S) uint8 argmax class per pixel at the chip size (a model trained at another
+    ``image_size`` sees resized chips; its logits are resized back before the argmax)."""
     model.eval()
     standardise = ChannelStandardiser(chips.mean, chips.std)
+    chip_size = tuple(chips.images.shape[2:])
     out = []
     for start in range(0, len(indices), batch_size):
         images = torch.from_numpy(np.asarray(chips.images[indices[start : start + batch_size]], dtype=np.float32))
         with compute.autocast():
-            logits = model(standardise(images).to(compute.device))
-        out.append(logits.float().argmax(dim=1).to(torch.uint8).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, *chips.images.shape[2:]), np.uint8)
+            logits = model(standardise(resize_batch(images, image_size)).to(compute.device)).float()
+        if tuple(logits.shape[-2:]) != chip_size:
+            logits = F.interpolate(logits, size=chip_size, mode="bilinear", align_corners=False)
+        out.append(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, *chip_size), np.uint8)
