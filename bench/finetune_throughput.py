@@ -48,7 +48,7 @@ def make_chips(n: int, channels: int, size: int, classes: int) -> ChipSet:
 
 
 def pipeline_rate(chips: ChipSet, args, compute) -> float:
-    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch, warmup_fraction=0.1)
+    cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch, warmup_fraction=0.1, augmentation=args.augmentation)
     backbone = create_backbone(args.backbone, "random", chips.in_chans, seed=0)[0]
     started = time.perf_counter()
     finetune_classifier(backbone, chips, chips.indices("train"), np.zeros(0, np.int64), cfg, args.preset, 0,
@@ -86,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--preset", default="remote_multispectral", help="augmentation recipe of the fine-tune")
+    parser.add_argument("--augmentation", choices=["spatial", "full"], default="spatial")
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)

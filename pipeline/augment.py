@@ -187,12 +187,18 @@ RGB_PRESETS = frozenset({"natural_rgb"})
 _LOCAL_TRANSFORMS: dict[str, type[A.BasicTransform]] = {"BandDropout": BandDropout, "BiasField": BiasField}
 
 
-def build_view_transform(preset: str, image_size: int) -> A.Compose:
+SPATIAL_TRANSFORMS = frozenset({"RandomResizedCrop", "Resize", "HorizontalFlip", "VerticalFlip", "D4", "Affine"})
+"""Steps that move pixels without changing their values: what supervised fine-tuning keeps of a recipe (the
+SimCLR paper fine-tunes with random crops and flips only; the photometric steps are for contrastive views)."""
+
+
+def build_view_transform(preset: str, image_size: int, spatial_only: bool = False) -> A.Compose:
     """One random view of a float32 (H, W, C) chip in [0, 1] → (image_size, image_size, C), same range.
 
     Args:
         preset: key of :data:`AUGMENT_PRESETS`.
         image_size: output side length in pixels.
+        spatial_only: keep only the recipe's :data:`SPATIAL_TRANSFORMS` (fine-tuning's views).
 
     Returns:
         An ``A.Compose``; seed it per call (``set_random_seed`` / ``set_random_state``) for reproducibility.
@@ -204,7 +210,8 @@ def build_view_transform(preset: str, image_size: int) -> A.Compose:
         raise ValueError(f"unknown augmentation preset {preset!r}; known presets: {sorted(AUGMENT_PRESETS)}")
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-    return A.Compose([_build_step(step, int(image_size)) for step in AUGMENT_PRESETS[preset]])
+    steps = [step for step in AUGMENT_PRESETS[preset] if not spatial_only or step["transform"] in SPATIAL_TRANSFORMS]
+    return A.Compose([_build_step(step, int(image_size)) for step in steps])
 
 
 def _build_step(step: dict[str, Any], image_size: int) -> A.BasicTransform:

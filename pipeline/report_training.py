@@ -25,20 +25,28 @@ def budget_sentence(results: dict[str, dict], what: str) -> str:
     if not trained:
         return ""
     budget = next(iter(trained.values()))["finetune_budget"]
+    epochs = f"{budget['epochs']:g} epoch{'' if budget['epochs'] == 1 else 's'}"
     length = f"{budget['steps']} steps" if budget.get("steps") else (
-        f"{budget['epochs']:g} epochs over the labelled subset, at least {budget['min_steps']} steps")
-    stop = f"early stop after {budget['patience']} validations without gain" if budget["patience"] else "no early stop"
+        f"{epochs} over the labelled subset, at least {budget['min_steps']} steps")
     records = [run["training"] for result in trained.values() for runs in result["per_seed"].values()
                for run in runs if "training" in run]
+    validated = [record for record in records if record["val_curve"]]
+    if records and not validated:
+        choice = "the last weights scored (one validation would have had nothing to choose between)"
+    else:
+        stop = (f"early stop after {budget['patience']} validations without gain" if budget["patience"]
+                else "no early stop")
+        choice = f"the weights with the best validation score kept, {stop}"
     ran = ""
     if records:
-        stopped = sum(record["stopped_early"] for record in records)
-        kept_start = sum(record["best_step"] == 0 for record in records)
         ran = (f" Runs took {np.mean([r['steps_run'] for r in records]):.0f} of "
-               f"{np.mean([r['steps_planned'] for r in records]):.0f} planned steps on average; {stopped} of "
-               f"{len(records)} stopped early; in {kept_start} the starting weights stayed the best on validation.")
-    return (f"{what} budget ({budget['key']}): {length}, batch {budget['batch_size']}, lr {budget['lr']:g}, weights "
-            f"with the best validation score kept, {stop}.{ran}")
+               f"{np.mean([r['steps_planned'] for r in records]):.0f} planned steps on average; "
+               f"{sum(r['stopped_early'] for r in records)} of {len(records)} stopped early.")
+        started = [r for r in validated if r["val_curve"][0][0] == 0]
+        if started:
+            kept = sum(r["best_step"] == 0 for r in started)
+            ran += f" In {kept} of {len(started)} the starting point (the linear probe) stayed the best on validation."
+    return f"{what} budget ({budget['key']}): {length}, batch {budget['batch_size']}, lr {budget['lr']:g}, {choice}.{ran}"
 
 
 def finetune_flags(cls: dict, label_fraction: float, fractions: list[float],

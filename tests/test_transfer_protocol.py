@@ -177,12 +177,17 @@ def test_training_scores_only_validation_chips_and_the_test_split_once(monkeypat
 
 
 def test_budget_and_under_training_are_stated_in_the_report():
-    run = {"training": {"steps_run": 40, "steps_planned": 60, "stopped_early": True, "best_step": 0}}
+    run = {"training": {"steps_run": 40, "steps_planned": 60, "stopped_early": True, "best_step": 0,
+                        "val_curve": [[0, 0.9], [20, 0.8], [40, 0.8]]}}
     results = {"imagenet": {"finetune_budget": {"key": "evaluate.finetune", "epochs": 30, "min_steps": 200,
                                                 "steps": None, "batch_size": 32, "lr": 1e-4, "patience": 5},
                             "per_seed": {"finetune": [run, run]}}}
     sentence = budget_sentence(results, "Fine-tuning")
     assert "30 epochs" in sentence and "at least 200 steps" in sentence and "2 of 2 stopped early" in sentence
+    assert "In 2 of 2 the starting point" in sentence and "best validation score kept" in sentence
+    unvalidated = {"training": {**run["training"], "val_curve": [], "best_step": 60, "stopped_early": False}}
+    assert "the last weights scored" in budget_sentence(
+        {"imagenet": {**results["imagenet"], "per_seed": {"finetune": [unvalidated]}}}, "Segmentation")
     cls = {"imagenet": {"linear_10pct": {"auroc": 0.9}, "finetune_10pct": {"auroc": 0.8},
                         "linear_100pct": {"auroc": 0.9}, "finetune_100pct": {"auroc": 0.95}},
            "floor": {"linear_10pct": {"auroc": 0.99}}}

@@ -45,7 +45,7 @@ def finetune_classifier(
                                    cfg.head_lr_multiplier, cfg.weight_decay, compute.device)
     size = cfg.image_size or int(chips.images.shape[-1])
     standardise = ChannelStandardiser(chips.mean, chips.std)
-    transform = build_view_transform(augment_preset, size)
+    transform = build_view_transform(augment_preset, size, spatial_only=cfg.augmentation == "spatial")
     labels = torch.as_tensor(chips.labels[train_indices])
 
     def prepared():
@@ -66,7 +66,8 @@ def finetune_classifier(
 
     record = train_with_validation(model, optimizer, plan_schedule(len(train_indices), cfg), prepared(), loss_of,
                                    validate if len(val_indices) else None,
-                                   cfg.freeze_pretrained_batchnorm, validate_start=head_init is not None)
+                                   cfg.freeze_pretrained_batchnorm, validate_start=head_init is not None,
+                                   prefetch=compute.device.type != "cpu")
     return model, record
 
 

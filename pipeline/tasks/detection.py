@@ -149,7 +149,8 @@ def finetune_detector(model: nn.Module, chips: ChipSet, train: np.ndarray, val: 
         return detection_map([chips.boxes[i] for i in val], predict_boxes(model, chips, val, compute))["map50"]
 
     record = train_with_validation(model, optimizer, plan_schedule(len(train), cfg), prepared(), loss_of,
-                                   validate if len(val) else None, cfg.freeze_pretrained_batchnorm)
+                                   validate if len(val) else None, cfg.freeze_pretrained_batchnorm,
+                                   prefetch=compute.device.type != "cpu")
     return model, record
 
 

@@ -78,7 +78,7 @@ def finetune_segmenter(model: nn.Module, chips: ChipSet, train: np.ndarray, val:
     dice = smp.losses.DiceLoss(mode="multiclass", ignore_index=MASK_IGNORE)
     standardise = ChannelStandardiser(chips.mean, chips.std)
     size = cfg.image_size or int(chips.images.shape[-1])
-    transform = build_view_transform(augment_preset, size)
+    transform = build_view_transform(augment_preset, size, spatial_only=cfg.augmentation == "spatial")
     classes = len(chips.mask_classes or [])
 
     def prepared():
@@ -99,7 +99,8 @@ def finetune_segmenter(model: nn.Module, chips: ChipSet, train: np.ndarray, val:
         return segmentation_metrics(confusion, chips.mask_classes)["miou"]
 
     record = train_with_validation(model, optimizer, plan_schedule(len(train), cfg), prepared(), loss_of,
-                                   validate if len(val) else None, cfg.freeze_pretrained_batchnorm)
+                                   validate if len(val) else None, cfg.freeze_pretrained_batchnorm,
+                                   prefetch=compute.device.type != "cpu")
     return model, record
 
 
