@@ -55,7 +55,8 @@ def main() -> None:
         apply_override(raw, assignment)
     config = parse_config(raw, str(args.params))
     evaluate = config.evaluate.model_copy(update={
-        "seeds": args.seeds, "label_fraction": args.fractions[0], "label_fractions": args.fractions,
+        "seeds": args.seeds, "linear_seed_count": len(args.seeds),  # probe and fine-tune on the same subsets
+        "label_fraction": args.fractions[0], "label_fractions": args.fractions,
         "transfer_sweep": ["finetune", "seg", "det"]})
     configure_runtime(config.seed, config.runtime.torch_threads)
     from stages.training_common import BackboneFactory

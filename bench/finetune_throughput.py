@@ -32,7 +32,7 @@ from pipeline.models.heads import Classifier
 from pipeline.runtime import resolve_compute
 from pipeline.seeding import configure_runtime
 from pipeline.tasks.classification import finetune_classifier
-from pipeline.tasks.optim import transfer_optimizer
+from pipeline.training.optim import transfer_optimizer
 
 
 def make_chips(n: int, channels: int, size: int, classes: int) -> ChipSet:

@@ -15,12 +15,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from pipeline import figures
+from pipeline.report.tables import figures
 from pipeline.config import DomainDataConfig
 from pipeline.data.chips import load_chipset
 from pipeline.data.ingest import ingest_folder
 from pipeline.presets import PRESETS
-from pipeline.report_build import gallery_rows
+from pipeline.report.build import gallery_rows
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Chips arrive as float32 (H, W, C) arrays in [0, 1]: CT with one HU window per ch
 with reflectance clipped to [0, 1]. Every transform below is defined for float32 and any channel count
 (1, 3, 4, 13, …) and keeps values in [0, 1]; per-channel standardisation happens later, on the batch, in
 torch. The medical and remote recipes assume nothing about RGB: no hue / saturation / ColorJitter / ToGray
-(DOMAIN.md §3, §4); only the ``natural_rgb`` recipe (:data:`RGB_PRESETS`) is for photographs.
+(docs/background.md §3, §4); only the ``natural_rgb`` recipe (:data:`RGB_PRESETS`) is for photographs.
 
 Randomness comes from (seed, epoch, index) for every call, never from the worker process or call order,
 so a run gives the same views with 0 or 8 DataLoader workers.

@@ -116,7 +116,7 @@ class DicomOptions(_Strict):
 
     # DICOM Modality values this domain reads; None = its preset's (medical_ct: CT; medical_xray: CR, DX …)
     modalities: list[Annotated[str, Field(min_length=1, pattern=r"^[A-Z0-9_ ]+$")]] | None = None
-    # medical_ct: one channel per HU window (DOMAIN.md §3: several windows beat one grey channel copied 3×)
+    # medical_ct: one channel per HU window (docs/background.md §3: several windows beat one grey channel copied 3×)
     hu_windows: list[HUWindowConfig] = [
         HUWindowConfig(center=40, width=400),
         HUWindowConfig(center=-600, width=1500),
@@ -329,11 +329,20 @@ class EvaluateConfig(_Strict):
     label_fractions: list[Annotated[float, Field(gt=0, le=1)]] = [0.01, 0.1, 1.0]
     # transfer tasks that also run the label_fractions sweep (each fraction costs one fine-tune per seed)
     transfer_sweep: list[Literal["finetune", "seg", "det"]] = ["finetune", "seg", "det"]
-    seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]
+    seeds: Annotated[list[int], Field(min_length=1)] = [0, 1, 2]  # fine-tunes (classification, seg, det)
+    # linear probes and floors reuse extracted features, so they run more seeds: ``seeds`` first, then the
+    # next integers, so every fine-tune seed has its linear / floor partner for the paired comparisons
+    linear_seed_count: Annotated[int, Field(ge=1)] = 10
     linear: LinearProbeConfig = LinearProbeConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
     detection: DetectionConfig = DetectionConfig()
+
+    @property
+    def linear_seeds(self) -> list[int]:
+        """``seeds``, then the next unused integers up to ``linear_seed_count`` (never fewer than ``seeds``)."""
+        extra = (s for s in range(max(self.seeds) + 1, max(self.seeds) + 1 + self.linear_seed_count))
+        return list(self.seeds) + [next(extra) for _ in range(self.linear_seed_count - len(self.seeds))]
 
 
 class Config(_Strict):

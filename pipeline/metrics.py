@@ -8,7 +8,8 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-CLASSIFICATION_METRICS = ("acc", "balanced_acc", "macro_f1", "auroc")
+from pipeline.protocols import CLASSIFICATION_METRICS
+
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:

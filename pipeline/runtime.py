@@ -27,7 +27,7 @@ def resolve_compute(
 
     ``auto`` picks this process's GPU (``cuda:<LOCAL_RANK>`` under torchrun) when there is one, else the CPU;
     and bf16 on a GPU that supports it, fp32 on CPU: without native bf16 units (AVX2-only CPUs such as the
-    2-core EPYC the demo is calibrated on) bf16 autocast is slower than fp32 (see README, Benchmarks).
+    2-core EPYC the demo is calibrated on) bf16 autocast is slower than fp32 (docs/scaling.md, mixed precision).
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.presets import PRESETS
-from pipeline.report_build import ReportInputs, build_report
+from pipeline.report.build import ReportInputs, build_report
 from stages.common import start_stage
 
 LIBRARIES = ("torch", "torchvision", "timm", "albumentations", "pydicom", "rasterio", "scikit-learn", "dvc")
@@ -32,7 +32,8 @@ if __name__ == "__main__":
         "backbone": f"{config.model.backbone} (ImageNet weights: {config.model.imagenet_weights})",
         "SimCLR": f"start {simclr.init}, {simclr.epochs} epochs, batch {simclr.batch_size}, τ {simclr.temperature}, "
                   f"{simclr.image_size} px, {simclr.optimizer} lr {simclr.lr}",
-        "evaluation": f"seeds {list(config.evaluate.seeds)}; fine-tune {config.evaluate.finetune.describe()}"
+        "evaluation": f"seeds {list(config.evaluate.seeds)} (linear probes and floors: "
+                      f"{len(config.evaluate.linear_seeds)} seeds); fine-tune {config.evaluate.finetune.describe()}"
                       f"{', linear probe first' if config.evaluate.finetune.linear_probe_first else ''}; "
                       f"segmentation {config.evaluate.segmentation.describe()}; "
                       f"detection {config.evaluate.detection.describe()}",

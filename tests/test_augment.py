@@ -1,4 +1,4 @@
-"""Two-view SimCLR augmentation: shapes, range, determinism and the domain rules of DOMAIN.md §3–4."""
+"""Two-view SimCLR augmentation: shapes, range, determinism and the domain rules of docs/background.md §3–4."""
 
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from pipeline.data.demo_medical import IMAGE_CLASSES, MedicalDemoSpec, write_medical_demo
-from pipeline.data.demo_remote import LAND_COVER, MASK_NODATA, RemoteDemoSpec, write_remote_demo
+from pipeline.data.chips import MASK_IGNORE
+from pipeline.data.demo_remote import LAND_COVER, RemoteDemoSpec, write_remote_demo
 
 MEDICAL = MedicalDemoSpec(patients=3, slices_per_patient=3, image_size=64)
 REMOTE = RemoteDemoSpec(scenes=1, scene_size=256)
@@ -190,10 +191,10 @@ def test_mask_shares_the_scene_grid_and_nodata(remote):
     with rasterio.open(remote / "scenes" / "scene_01.tif") as scene, \
             rasterio.open(remote / "masks" / "scene_01.tif") as mask_src:
         assert (mask_src.crs, mask_src.transform, mask_src.shape) == (scene.crs, scene.transform, scene.shape)
-        assert mask_src.dtypes == ("uint8",) and mask_src.nodata == MASK_NODATA
+        assert mask_src.dtypes == ("uint8",) and mask_src.nodata == MASK_IGNORE
         mask, valid = mask_src.read(1), scene.dataset_mask() > 0
         nir = scene.read(REMOTE.band_names.index("nir") + 1).astype(float)
-    assert np.array_equal(mask == MASK_NODATA, ~valid)
+    assert np.array_equal(mask == MASK_IGNORE, ~valid)
     assert set(np.unique(mask[valid])) <= set(range(len(LAND_COVER)))
     water = mask == LAND_COVER.index("water")
     land = valid & ~water
@@ -211,7 +212,7 @@ def test_land_cover_regions_are_larger_than_a_chip(remote):
     for r in range(0, REMOTE.scene_size, size):
         for c in range(0, REMOTE.scene_size, size):
             chip = mask[r:r + size, c:c + size]
-            values = chip[chip != MASK_NODATA]
+            values = chip[chip != MASK_IGNORE]
             if values.size:
                 dominant.append(np.bincount(values).max() / values.size)
     assert np.median(dominant) > 0.6
@@ -227,7 +228,7 @@ def test_building_boxes_lie_on_urban_pixels(remote):
         assert 0 <= x and 0 <= y and x + w <= REMOTE.scene_size and y + h <= REMOTE.scene_size
         footprint = mask[y:y + h, x:x + w]
         urban = footprint == LAND_COVER.index("urban")
-        assert (urban | (footprint == MASK_NODATA)).all() and urban.mean() >= 0.5  # a swath edge may cut it
+        assert (urban | (footprint == MASK_IGNORE)).all() and urban.mean() >= 0.5  # a swath edge may cut it
 
 
 def test_remote_band_subset_and_unknown_band(tmp_path):

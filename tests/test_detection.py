@@ -195,9 +195,9 @@ def test_ingested_demo_boxes_cover_the_lesion_masks(tmp_path):
 
 
 def test_report_metrics_carry_detection_and_tolerate_its_absence(tmp_path):
-    from pipeline.report import collect_metrics, detection_table
-    from pipeline.report_detection import detection_section
-    from pipeline.report_document import Document
+    from pipeline.report.tables import collect_metrics, detection_table
+    from pipeline.report.detection import detection_section
+    from pipeline.report.document import Document
 
     summary = {"finetune": {"map50": 0.4, "map50_ci95": 0.1, "map": 0.2, "map_ci95": 0.05}}
     cls = {"medical": {"simclr": {"summary": {"linear": {}}}}}
@@ -209,7 +209,7 @@ def test_report_metrics_carry_detection_and_tolerate_its_absence(tmp_path):
     without = collect_metrics(cls, tmp_path, None, {"medical": {}})
     assert "det" not in without["medical"]
     document = Document("t")
-    detection_section(document, tmp_path, tmp_path, "medical", None, {}, without["medical"])
+    detection_section(document, tmp_path, tmp_path, "medical", None, {}, without["medical"], [])
     assert document == Document("t")
 
 

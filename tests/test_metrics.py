@@ -8,7 +8,7 @@ from scipy import stats
 
 from pipeline.data.subsets import label_subset
 from pipeline.metrics import classification_metrics, mean_ci95, summarise_runs
-from pipeline.tasks.probe import knn_predict_proba
+from pipeline.training.features import knn_predict_proba
 
 
 def test_perfect_prediction_scores_one():

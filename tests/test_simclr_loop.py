@@ -187,3 +187,4 @@ def test_bf16_autocast_trains_with_an_fp32_loss():
                               compute=Compute(precision="bf16"))
     assert np.isfinite(history.last("loss")) and history.last("loss") > 0
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast never casts the weights
+

@@ -16,11 +16,11 @@ from pipeline.data.chips import ChipSet
 from pipeline.data.subsets import epoch_batches, validation_subset
 from pipeline.models.backbone import create_backbone
 from pipeline.models.heads import Classifier
-from pipeline.report_training import below_floor_flags, budget_sentence, finetune_flags
+from pipeline.report.training import below_floor_flags, budget_sentence, finetune_flags
 from pipeline.tasks import classification
 from pipeline.tasks.evaluate import evaluate_backbone
 from pipeline.tasks.linear_probe import fit_linear_probe, probe_as_linear_layer, probe_proba
-from pipeline.tasks.probe import extract_features
+from pipeline.training.features import extract_features
 from pipeline.tasks.transfer_loop import learning_rate_at, plan_schedule, train_with_validation
 
 

@@ -14,7 +14,7 @@ class ChannelStandardiser:
     """(x − mean) / std per channel, on whole batches in torch (vectorised, after augmentation).
 
     Values are not clamped afterwards: standardised reflectance and HU channels may legitimately
-    exceed a few σ (DOMAIN.md §4).
+    exceed a few σ (docs/background.md §4).
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray) -> None:

@@ -28,11 +28,12 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
+from pipeline.data.chips import MASK_IGNORE
+
 log = logging.getLogger(__name__)
 
 LAND_COVER = ("water", "forest", "cropland", "urban", "grassland")
 CLASS_PROBABILITIES = (0.12, 0.22, 0.22, 0.22, 0.22)
-MASK_NODATA = 255
 REFLECTANCE_SCALE = 1e-4  # stored uint16 = reflectance × 10000
 UTM_33N = 32633
 ENDMEMBERS = ("water", "tree", "crop", "grass", "soil", "roof", "tile", "asphalt", "shadow")
@@ -284,8 +285,8 @@ def _write_scene(path: Path, reflectance: np.ndarray, valid: np.ndarray, spec: R
 def _write_mask(path: Path, classes: np.ndarray, valid: np.ndarray, spec: RemoteDemoSpec,
                 origin: tuple[float, float]) -> None:
     """uint8 land-cover indexes on the scene's grid; 255 where the scene is nodata."""
-    mask = np.where(valid, classes, MASK_NODATA).astype(np.uint8)
-    with rasterio.open(path, "w", **_profile(spec, origin, 1, "uint8", MASK_NODATA)) as dst:
+    mask = np.where(valid, classes, MASK_IGNORE).astype(np.uint8)
+    with rasterio.open(path, "w", **_profile(spec, origin, 1, "uint8", MASK_IGNORE)) as dst:
         dst.write(mask, 1)
         dst.descriptions = ("land_cover",)
 
@@ -339,7 +340,7 @@ def write_remote_demo(out_dir: Path, spec: RemoteDemoSpec, seed: int) -> None:
         annotations += _building_boxes(buildings, valid, k + 1, len(annotations) + 1)
     names = list(LAND_COVER)
     classes_json = {"image_classes": names, "mask_classes": {str(i): n for i, n in enumerate(names)},
-                    "band_names": list(spec.band_names), "mask_nodata": MASK_NODATA}
+                    "band_names": list(spec.band_names), "mask_nodata": MASK_IGNORE}
     (out_dir / "classes.json").write_text(json.dumps(classes_json, indent=2) + "\n")
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": 1, "name": "building", "supercategory": "urban"}]}

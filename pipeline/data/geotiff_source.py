@@ -30,7 +30,8 @@ from pipeline.data.bands import canonical_band, choose_band_set
 from pipeline.data.scenes import (
     GDAL_CACHE_BYTES, ChipLabels, Scene, list_scenes, open_chip_labels, open_scene, scene_bands,
 )
-from pipeline.data.sources import MASK_NODATA, FileChips, FileTask
+from pipeline.data.chips import MASK_IGNORE
+from pipeline.data.sources import FileChips, FileTask
 from pipeline.data.value_ranges import clip_counts, configured_range, range_pairs, to_unit
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import GeoChip
@@ -158,7 +159,7 @@ def _add_chip(out: FileChips, task: FileTask, chip: GeoChip, data: np.ndarray, v
     """Map one chip to [0, 1] (or keep it pending a fitted range) and add it with its row and mask."""
     label, mask = task.labels.get(task.relative, ""), None
     if labels is not None:
-        mask = np.where(valid, labels.read(chip, task.cfg.chip_size), MASK_NODATA).astype(np.uint8)
+        mask = np.where(valid, labels.read(chip, task.cfg.chip_size), MASK_IGNORE).astype(np.uint8)
         label = dominant_class(mask, labels.class_names, task.relative)
     if fixed is None:
         out.range_group = "pending"
@@ -205,7 +206,7 @@ def dominant_class(mask: np.ndarray, class_names: list[str], where: str = "") ->
     Raises:
         UnreadableImageError: a class id that ``classes.json`` (or the labels) give no name (names the scene).
     """
-    values = mask[mask != MASK_NODATA]
+    values = mask[mask != MASK_IGNORE]
     if values.size == 0:
         return ""
     dominant = int(np.bincount(values.astype(np.int64)).argmax())

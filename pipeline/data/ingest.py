@@ -24,14 +24,14 @@ import numpy as np
 
 from pipeline.config import DomainDataConfig
 from pipeline.data.boxes import write_box_cache
-from pipeline.data.chips import channel_statistics, write_manifest
+from pipeline.data.chips import MASK_IGNORE, channel_statistics, write_manifest
 from pipeline.data.file_pool import read_in_order
 from pipeline.data.segmentations import FolderLabels
 from pipeline.data.dicom_source import normalise_deferred
 from pipeline.data.phi import PathRedactor, phi_salt
 from pipeline.data.source_kinds import SOURCE_KINDS
 from pipeline.data.sources import (
-    MASK_NODATA, FileChips, FileTask, constant_chips, read_class_names, read_file_safely, read_labels_csv,
+    FileChips, FileTask, constant_chips, read_class_names, read_file_safely, read_labels_csv,
     read_mask_classes,
 )
 from pipeline.data.value_ranges import ClipCounts, clip_counts, fit_range, to_unit
@@ -325,7 +325,7 @@ def _write_masks(out_dir: Path, masks: list[np.ndarray | None], size: int,
     """``masks.npy`` (N, S, S) uint8 when any chip has a mask; chips without one are all 255 (ignored)."""
     if all(mask is None for mask in masks):
         return []
-    ignore = np.full((size, size), MASK_NODATA, np.uint8)
+    ignore = np.full((size, size), MASK_IGNORE, np.uint8)
     np.save(out_dir / "masks.npy", np.stack([ignore if mask is None else mask for mask in masks]))
     return mask_classes
 

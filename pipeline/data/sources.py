@@ -21,11 +21,11 @@ import numpy as np
 
 from pipeline.config import DomainDataConfig
 from pipeline.data.value_ranges import ClipCounts
+from pipeline.data.chips import MASK_IGNORE
 from pipeline.data.phi import DEFAULT_SALT, phi_salt, pseudonymise  # noqa: F401  (re-exported)
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import NotAnImageError
 
-MASK_NODATA = 255
 CONSTANT_SPREAD = 1e-3  # 1st–99th percentile spread in [0, 1] under which a chip channel is constant
 CONSTANT_SAMPLES = 256  # valid pixels per channel the constant rule looks at (a regular subsample)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -235,18 +235,18 @@ def read_raster_mask(path: Path, size: int, valid: np.ndarray, keep_aspect: bool
 
 def chip_mask(class_ids: np.ndarray, size: int, valid: np.ndarray, keep_aspect: bool = False) -> np.ndarray:
     """(H, W) class ids on the image grid → (size, size) uint8 by nearest neighbour (ids are not averaged),
-    ``MASK_NODATA`` where the chip's ``valid`` mask is False; ``keep_aspect`` places it as
+    ``MASK_IGNORE`` where the chip's ``valid`` mask is False; ``keep_aspect`` places it as
     :func:`letterbox_chip` places its image."""
     height, width = class_ids.shape
     inner_h, inner_w = size, size
     if keep_aspect and height != width:
         scale = size / max(height, width)
         inner_h, inner_w = max(1, round(height * scale)), max(1, round(width * scale))
-    mask = np.full((size, size), MASK_NODATA, np.uint8)
+    mask = np.full((size, size), MASK_IGNORE, np.uint8)
     top, left = (size - inner_h) // 2, (size - inner_w) // 2
     mask[top:top + inner_h, left:left + inner_w] = cv2.resize(class_ids.astype(np.uint8), (inner_w, inner_h),
                                                               interpolation=cv2.INTER_NEAREST)
-    return np.where(valid, mask, MASK_NODATA).astype(np.uint8)
+    return np.where(valid, mask, MASK_IGNORE).astype(np.uint8)
 
 
 # --- plain images (PNG / JPEG / TIFF) ----------------------------------------------------------------

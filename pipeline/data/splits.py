@@ -1,7 +1,7 @@
 """Leakage-free train / val / test splits.
 
 Images of one patient, and chips of one neighbourhood of a scene, are correlated: if they straddle train and
-test every metric is inflated (DOMAIN.md §3, §4). So splits are drawn over *groups*, never over items:
+test every metric is inflated (docs/background.md §3, §4). So splits are drawn over *groups*, never over items:
 
 * :func:`group_split`: a group is a (hashed) patient; optionally stratified by label.
 * :func:`spatial_block_split`: a group is a spatial block ``(scene, row // block, col // block)``; train chips

@@ -4,7 +4,7 @@ An archive holds reflectance in [0, 1], reflectance × 10⁴ (Sentinel-2 L2A), 8
 numbers, int16 and SAR in dB (−35 … +5). One fixed range saturates some of them silently (every dB value below 0
 becomes 0.0). So, unless ``data.<domain>.geotiff.value_range`` is set, each channel's range is the
 ``range_percentiles`` (default 1st and 99th) of the **train split's** valid pixels, computed once after the split
-and written to ``stats.json``, like the normalisation statistics (DOMAIN.md §4: statistics from the train split
+and written to ``stats.json``, like the normalisation statistics (docs/background.md §4: statistics from the train split
 only). ``value_range`` may be one ``[low, high]`` for every channel or one per channel; it always wins.
 
 Values map as ``(x − low) / (high − low)`` clipped to [0, 1]; the share of valid pixels clipped at either end is

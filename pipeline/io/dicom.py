@@ -1,6 +1,6 @@
 """DICOM file → float image(s) in modality units + valid-pixel mask + grouping metadata.
 
-Pixel pipeline (DOMAIN.md §3), split between two steps so that one decoded image can be windowed several ways:
+Pixel pipeline (docs/background.md §3), split between two steps so that one decoded image can be windowed several ways:
 
 1. :func:`read_dicom_frames` (or :func:`read_dicom` for one greyscale frame): decode (pydicom ``iter_pixels``;
    compressed transfer syntaxes through the pylibjpeg plugins) → **modality LUT** per frame

@@ -2,7 +2,7 @@
 
 Scenes are read with windowed reads, one chip (small chips: one short row of chips, ``READ_VALUES``) at a time,
 so memory stays bounded by one read (plus GDAL's block cache, ``GDAL_CACHEMAX``, 5 % of RAM by default)
-whatever the scene size (DOMAIN.md §4); a
+whatever the scene size (docs/background.md §4); a
 cloud-optimised GeoTIFF's internal tiles make each read touch few blocks, and its overviews can be read
 instead of the full resolution (``overview_level``).
 

@@ -1,7 +1,7 @@
 """Synthetic-aperture radar values → decibels, and the polarisation ratio as a channel.
 
 Backscatter spans orders of magnitude and speckle is multiplicative, so SAR is learned in dB, where speckle is
-additive and a few bright targets do not squash the rest (DOMAIN.md §4). What a file stores decides the formula:
+additive and a few bright targets do not squash the rest (docs/background.md §4). What a file stores decides the formula:
 
 * **intensity** (power, e.g. calibrated sigma0 / gamma0): ``10·log10(x)``;
 * **amplitude** (GRD digital numbers, the magnitude of single-look complex data — complex bands are read as ``|z|``

@@ -9,7 +9,7 @@ from torch import nn
 class ProjectionHead(nn.Module):
     """SimCLR's g(·): Linear → BN → ReLU → Linear, mapping h (B, F) to z (B, out_dim).
 
-    The loss is computed on z; downstream tasks use h, the input of this head (DOMAIN.md §1).
+    The loss is computed on z; downstream tasks use h, the input of this head (docs/background.md §1).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:

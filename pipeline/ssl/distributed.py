@@ -4,7 +4,7 @@ Launching is torchrun's job (``torchrun --nproc_per_node=N -m stages.pretrain ..
 reads the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK). Without it everything runs as a
 single process and none of the collective calls happen.
 
-The distributed loss follows DOMAIN.md §1: every rank's projections are gathered **with gradient**
+The distributed loss follows docs/background.md §1: every rank's projections are gathered **with gradient**
 (``torch.distributed.nn.functional.all_gather``, whose backward sums each rank's gradient back to the
 owner), and each rank scores only its own anchors against the gathered keys. Each rank's loss is scaled
 by its share of the global anchors × world size, so that after DDP averages the gradients they equal the

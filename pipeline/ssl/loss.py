@@ -1,4 +1,4 @@
-"""NT-Xent, the SimCLR contrastive loss (DOMAIN.md §1).
+"""NT-Xent, the SimCLR contrastive loss (docs/background.md §1).
 
 For a batch of N images seen through two augmentations there are 2N projections z. With cosine
 similarity sim(u, v) = uᵀv / (‖u‖‖v‖) and temperature τ, the loss of anchor i whose positive is i' is

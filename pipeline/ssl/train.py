@@ -1,4 +1,4 @@
-"""The SimCLR training loop, readable in one sitting (DOMAIN.md §1).
+"""The SimCLR training loop, readable in one sitting (docs/background.md §1).
 
 Both views go through the encoder in one forward pass (BatchNorm sees them together), the loss is
 NT-Xent in fp32 (negatives gathered from every rank under torchrun), the learning rate follows a linear
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -46,8 +45,8 @@ from pipeline.metrics import classification_metrics
 from pipeline.models.heads import SimCLRModel
 from pipeline.runtime import Compute
 from pipeline.ssl.distributed import DistributedContext, nt_xent_distributed
-from pipeline.tasks.optim import adamw
-from pipeline.tasks.probe import extract_features, knn_predict_proba
+from pipeline.training.optim import adamw
+from pipeline.training.features import extract_features, knn_predict_proba
 
 log = logging.getLogger(__name__)
 STAT_COUNT = 4  # per-step sums: loss, contrastive top-1, embedding std, 1 (steps that updated)
@@ -333,8 +332,3 @@ def _maybe_resume(run: _Run, path: Path, resume_key: str, total_steps: int, devi
     run.checkpoint_step = run.step
     torch.set_rng_state(state["torch_rng"].cpu())
     log.info("resuming SimCLR from %s at step %d/%d (after epoch %d)", path, run.step, total_steps, run.epoch)
-
-
-def embedding_std_reference(dim: int) -> float:
-    """Std of uniformly spread unit vectors per dimension (≈ 1/√D): the no-collapse reference."""
-    return 1.0 / float(np.sqrt(dim))

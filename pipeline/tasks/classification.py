@@ -17,7 +17,7 @@ from pipeline.data.datasets import ChannelStandardiser, augment_one_view, resize
 from pipeline.metrics import classification_metrics
 from pipeline.models.heads import Classifier
 from pipeline.runtime import Compute
-from pipeline.tasks.optim import transfer_optimizer
+from pipeline.training.optim import transfer_optimizer
 from pipeline.data.subsets import epoch_batches
 from pipeline.tasks.transfer_loop import plan_schedule, train_with_validation
 

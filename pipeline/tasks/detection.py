@@ -32,7 +32,7 @@ from pipeline.data.datasets import ChannelStandardiser
 from pipeline.data.subsets import epoch_batches
 from pipeline.metrics import detection_map
 from pipeline.runtime import Compute
-from pipeline.tasks.optim import transfer_optimizer
+from pipeline.training.optim import transfer_optimizer
 from pipeline.tasks.segmentation import transfer_encoder_weights
 from pipeline.tasks.transfer_loop import plan_schedule, train_with_validation
 

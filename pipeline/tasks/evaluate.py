@@ -22,6 +22,7 @@ from pipeline.config import EvaluateConfig, TransferTraining
 from pipeline.data.chips import ChipSet
 from pipeline.data.subsets import label_subset, validation_subset
 from pipeline.metrics import classification_metrics, summarise_runs
+from pipeline.protocols import fraction_key
 from pipeline.tasks.floor import image_statistics
 from pipeline.tasks.linear_probe import fit_linear_probe, probe_as_linear_layer, probe_proba
 
@@ -38,12 +39,6 @@ def _labelled_splits(chips: ChipSet) -> tuple[np.ndarray, np.ndarray]:
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"classification needs labelled train and test chips; found {len(train)} and {len(test)}")
     return train, test
-
-
-def fraction_key(protocol: str, fraction: float) -> str:
-    """Protocol name of a label-efficiency run, safe as a DVC column: ``linear_1pct``, ``linear_2_5pct``."""
-    percent = f"{fraction * 100:g}".replace(".", "_")
-    return f"{protocol}_{percent}pct"
 
 
 def transfer_protocols(cfg: EvaluateConfig, task: str) -> dict[str, float]:
@@ -83,14 +78,29 @@ class LinearProbes:
 
 
 def _linear_runs(chips, test, probes: LinearProbes, test_features, cfg: EvaluateConfig, fraction: float):
-    """Linear probe per seed at one label fraction; also returns the seeds' summed confusion matrix."""
-    runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
-    for seed in cfg.seeds:
+    """Linear probe per seed (``cfg.linear_seeds``: features are extracted once, so seeds are cheap) at one label
+    fraction; also returns the seeds' summed confusion matrix and each run's test probabilities."""
+    runs, outputs, confusion = [], [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
+    for seed in cfg.linear_seeds:
         positions, probe = probes(fraction, seed)
         proba = probe_proba(probe, test_features, len(chips.classes))
         runs.append({"seed": seed, "n_labels": len(positions), **classification_metrics(chips.labels[test], proba)})
+        outputs.append(stored_proba(proba))
         confusion += confusion_counts(chips.labels[test], proba)
-    return runs, confusion
+    return runs, confusion, outputs
+
+
+def stored_proba(proba: np.ndarray) -> list[list[float]]:
+    """Test probabilities as the result file keeps them, for the report's paired bootstrap (6 decimals: the AUROC
+    recomputed from them matches the reported one to ~1e-6)."""
+    return np.round(np.asarray(proba, dtype=np.float64), 6).tolist()
+
+
+def test_units(chips: ChipSet, test: np.ndarray, labelled: bool = True) -> dict:
+    """Who the test units are, for a bootstrap that resamples them by group (patient / spatial block); a chip
+    without a group (a cache written by hand) is its own group."""
+    return {"groups": [chips.manifest[int(i)].get("group") or f"chip{int(i)}" for i in test],
+            **({"labels": chips.labels[test].tolist()} if labelled else {})}
 
 
 def _linear_protocols(chips, test, probes: LinearProbes, test_features, cfg: EvaluateConfig):
@@ -98,7 +108,8 @@ def _linear_protocols(chips, test, probes: LinearProbes, test_features, cfg: Eva
     protocols = {"linear": cfg.label_fraction,
                  **{fraction_key("linear", fraction): fraction for fraction in cfg.label_fractions}}
     done = run_protocols(protocols, lambda fraction: _linear_runs(chips, test, probes, test_features, cfg, fraction))
-    return {protocol: runs for protocol, (runs, _) in done.items()}, done["linear"][1]
+    return ({protocol: runs for protocol, (runs, _, _) in done.items()}, done["linear"][1],
+            {protocol: outputs for protocol, (_, _, outputs) in done.items()})
 
 
 def confusion_counts(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -107,14 +118,19 @@ def confusion_counts(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return np.bincount(y_true * classes + proba.argmax(axis=1), minlength=classes * classes).reshape(classes, classes)
 
 
-def _result(runs_by_protocol: dict[str, list[dict]], cfg: EvaluateConfig, n_test: int, extra: dict) -> dict:
+def _result(runs_by_protocol: dict[str, list[dict]], cfg: EvaluateConfig, units: dict, outputs: dict[str, list],
+            extra: dict) -> dict:
+    """The result file: per-seed runs, their summaries and, aligned with ``per_seed``, each run's test outputs."""
     return {
         "label_fraction": cfg.label_fraction,
         "label_fractions": list(cfg.label_fractions),
         "seeds": list(cfg.seeds),
-        "n_test": n_test,
+        "linear_seeds": cfg.linear_seeds,
+        "n_test": len(units["groups"]),
         "per_seed": runs_by_protocol,
         "summary": {protocol: summarise_runs(runs) for protocol, runs in runs_by_protocol.items()},
+        "test_units": units,
+        "test_outputs": outputs,
         **extra,
     }
 
@@ -138,7 +154,7 @@ def evaluate_backbone(
     """Linear probe on frozen features + fine-tuning, per seed. ``make_backbone`` returns fresh weights;
     ``compute`` defaults to fp32 on the CPU."""
     from pipeline.runtime import Compute  # torch: see the module docstring
-    from pipeline.tasks.probe import extract_features
+    from pipeline.training.features import extract_features
 
     compute = compute or Compute()
     train, test = _labelled_splits(chips)
@@ -146,15 +162,17 @@ def evaluate_backbone(
     train_features = extract_features(backbone, chips, train, compute=compute)
     test_features = extract_features(backbone, chips, test, compute=compute)
     probes = LinearProbes(chips, train, train_features, cfg)
-    runs, linear_confusion = _linear_protocols(chips, test, probes, test_features, cfg)
+    runs, linear_confusion, outputs = _linear_protocols(chips, test, probes, test_features, cfg)
     splits = {"train": train, "val": chips.indices("val", labelled=True), "test": test}
     finetune = run_protocols(transfer_protocols(cfg, "finetune"), lambda fraction: _finetune_runs(
         make_backbone, chips, splits, probes, cfg, augment_preset, fraction, compute))
     finetune_confusion = finetune["finetune"][1]
+    outputs.update({protocol: proba for protocol, (_, _, proba) in finetune.items()})
     extra = {**extra, "confusion": {"linear": linear_confusion.tolist(), "finetune": finetune_confusion.tolist()},
              "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0]),
              "finetune_budget": training_budget(cfg.finetune, "evaluate.finetune")}
-    return _result({**runs, **{protocol: seeds for protocol, (seeds, _) in finetune.items()}}, cfg, len(test), extra)
+    return _result({**runs, **{protocol: seeds for protocol, (seeds, _, _) in finetune.items()}}, cfg,
+                   test_units(chips, test), outputs, extra)
 
 
 def training_budget(cfg: TransferTraining, key: str) -> dict:
@@ -164,14 +182,14 @@ def training_budget(cfg: TransferTraining, key: str) -> dict:
 
 
 def _finetune_runs(make_backbone, chips, splits: dict[str, np.ndarray], probes: LinearProbes, cfg: EvaluateConfig,
-                   augment_preset: str, fraction: float, compute: Compute) -> tuple[list[dict], np.ndarray]:
+                   augment_preset: str, fraction: float, compute: Compute) -> tuple[list[dict], np.ndarray, list]:
     """Fine-tune per seed on that seed's label subset (the head started from its linear probe when
     ``linear_probe_first``), stopping on the validation split; score the test split once with the best weights.
-    Also returns the seeds' summed test confusion matrix."""
+    Also returns the seeds' summed test confusion matrix and each run's test probabilities."""
     from pipeline.tasks.classification import finetune_classifier, predict_proba  # timm: see the module docstring
 
     train, test, settings = splits["train"], splits["test"], cfg.finetune
-    runs, confusion = [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
+    runs, outputs, confusion = [], [], np.zeros((len(chips.classes),) * 2, dtype=np.int64)
     for seed in cfg.seeds:
         positions, probe = probes(fraction, seed)
         head = probe_as_linear_layer(probe, len(chips.classes)) if settings.linear_probe_first else None
@@ -181,17 +199,18 @@ def _finetune_runs(make_backbone, chips, splits: dict[str, np.ndarray], probes: 
         proba = predict_proba(model, chips, test, compute=compute, image_size=settings.image_size)
         runs.append({"seed": seed, "n_labels": len(positions), **classification_metrics(chips.labels[test], proba),
                      "training": record})
+        outputs.append(stored_proba(proba))
         confusion += confusion_counts(chips.labels[test], proba)
         log.info("fine-tune %g%% labels, seed %d: auroc %.3f acc %.3f after %d of %d steps (best at %d)",
                  fraction * 100, seed, runs[-1]["auroc"], runs[-1]["acc"], record["steps_run"],
                  record["steps_planned"], record["best_step"])
-    return runs, confusion
+    return runs, confusion, outputs
 
 
 def evaluate_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
     """The image-statistics floor with the same label subsets and linear probe as the backbones."""
     train, test = _labelled_splits(chips)
     probes = LinearProbes(chips, train, image_statistics(chips, train), cfg)
-    runs, confusion = _linear_protocols(chips, test, probes, image_statistics(chips, test), cfg)
+    runs, confusion, outputs = _linear_protocols(chips, test, probes, image_statistics(chips, test), cfg)
     extra = {"init": "floor", "features": "per-channel mean, std, p5/p50/p95", "confusion": {"linear": confusion.tolist()}}
-    return _result(runs, cfg, len(test), extra)
+    return _result(runs, cfg, test_units(chips, test), outputs, extra)

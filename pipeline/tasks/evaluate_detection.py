@@ -24,7 +24,8 @@ from pipeline.data.chips import ChipSet
 from pipeline.data.subsets import label_subset, validation_subset
 from pipeline.metrics import DETECTION_METRICS, detection_map, summarise_runs
 from pipeline.runtime import Compute
-from pipeline.tasks.evaluate import run_protocols, training_budget, transfer_protocols
+from pipeline.stats.resampled_metrics import detection_matches
+from pipeline.tasks.evaluate import run_protocols, test_units, training_budget, transfer_protocols
 from pipeline.tasks.detection import build_detector, finetune_detector, predict_boxes
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,12 @@ def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: st
 
     extra = {"architecture": settings.architecture, "finetune_budget": training_budget(settings, "evaluate.detection"),
              **extra}
-    return _evaluate(chips, cfg, fit_predict, extra, examples=True)
+    return _evaluate(chips, cfg, cfg.seeds, fit_predict, extra, examples=True)
 
 
 def evaluate_detection_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
-    """The trivial floor on the same label subsets: every test chip gets the subset's box prior."""
+    """The trivial floor on the same label subsets: every test chip gets the subset's box prior (cheap, so over
+    ``cfg.linear_seeds``)."""
 
     def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> tuple[list[np.ndarray], None]:
         prior = box_prior([chips.boxes[i] for i in subset], cfg.detection.max_detections)
@@ -73,7 +75,7 @@ def evaluate_detection_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
 
     extra = {"init": "floor", "architecture": "box position prior",
              "features": "the labelled chips' boxes where they were, scored by how many labelled boxes agree"}
-    return _evaluate(chips, cfg, fit_predict, extra, examples=False)
+    return _evaluate(chips, cfg, cfg.linear_seeds, fit_predict, extra, examples=False)
 
 
 def box_prior(boxes: list[np.ndarray], max_detections: int, iou: float = 0.5) -> np.ndarray:
@@ -90,11 +92,12 @@ def box_prior(boxes: list[np.ndarray], max_detections: int, iou: float = 0.5) ->
     return torch.cat([every[keep, :4], support[keep, None].float(), every[keep, 4:5]], dim=1).numpy()
 
 
-def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
+def _evaluate(chips: ChipSet, cfg: EvaluateConfig, seeds: list[int],
               fit_predict: Callable[[np.ndarray, int, np.ndarray], tuple[list[np.ndarray], dict | None]],
               extra: dict, examples: bool) -> dict:
     """Seeds × ``transfer_protocols(cfg, "det")``: each seed's label subset → ``fit_predict`` (test predictions
-    and the training record, None for the floor) → test mAP."""
+    and the training record, None for the floor) → test mAP, and per run the COCO matches at IoU 0.5 the
+    report's bootstrap resamples."""
     if chips.boxes is None or not chips.box_classes:
         raise ValueError("detection needs boxes in the chip cache (a COCO boxes.json in the source folder)")
     train, test = annotated_split(chips, "train"), annotated_split(chips, "test")
@@ -105,25 +108,28 @@ def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
     position = {int(index): n for n, index in enumerate(test)}
 
     def runs_at(fraction: float) -> tuple[list[dict], dict]:
-        runs, drawn = [], {}
-        for seed in cfg.seeds:
+        runs, matches, drawn = [], [], {}
+        for seed in seeds:
             subset = train[label_subset(chips.labels[train], fraction, seed)]
             predicted, record = fit_predict(subset, seed, test)
             runs.append({"seed": seed, "n_labels": len(subset),
                          "n_label_boxes": int(sum(len(chips.boxes[i]) for i in subset)),
                          **detection_map(truth, predicted), **({"training": record} if record else {})})
+            matches.append(detection_matches(truth, predicted))
             if examples and not drawn:
                 drawn = {"chips": shown.tolist(), "predicted": [
                     np.round(predicted[position[int(i)]][predicted[position[int(i)]][:, 4] >= EXAMPLE_MIN_SCORE],
                              2).tolist() for i in shown]}
             log.info("detection %s %g%% labels, seed %d: mAP@0.5 %.3f, mAP@0.5:0.95 %.3f", extra.get("init", ""),
                      fraction * 100, seed, runs[-1]["map50"], runs[-1]["map"])
-        return runs, drawn
+        return runs, matches, drawn
 
     done = run_protocols(transfer_protocols(cfg, "det"), runs_at)
     return {"task": "det", "label_fraction": cfg.label_fraction, "label_fractions": list(cfg.label_fractions),
-            "seeds": list(cfg.seeds), "n_test": len(test),
+            "seeds": list(seeds), "n_test": len(test),
             "n_test_boxes": int(sum(len(t) for t in truth)), "classes": chips.box_classes,
-            "per_seed": {protocol: runs for protocol, (runs, _) in done.items()},
-            "summary": {protocol: summarise_runs(runs, DETECTION_METRICS) for protocol, (runs, _) in done.items()},
-            "examples": done["finetune"][1], **extra}
+            "per_seed": {protocol: runs for protocol, (runs, _, _) in done.items()},
+            "summary": {protocol: summarise_runs(runs, DETECTION_METRICS) for protocol, (runs, _, _) in done.items()},
+            "test_units": test_units(chips, test, labelled=False),
+            "test_outputs": {protocol: found for protocol, (_, found, _) in done.items()},
+            "examples": done["finetune"][2], **extra}

@@ -22,7 +22,8 @@ from pipeline.config import EvaluateConfig
 from pipeline.data.chips import MASK_IGNORE, ChipSet
 from pipeline.data.subsets import label_subset, validation_subset
 from pipeline.metrics import segmentation_confusion, segmentation_metrics, summarise_runs
-from pipeline.tasks.evaluate import run_protocols, training_budget, transfer_protocols
+from pipeline.stats.resampled_metrics import segmentation_counts
+from pipeline.tasks.evaluate import run_protocols, test_units, training_budget, transfer_protocols
 
 if TYPE_CHECKING:
     from torch import nn
@@ -61,11 +62,12 @@ def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name:
     extra = {"architecture": settings.architecture, "finetune_budget": training_budget(settings,
                                                                                        "evaluate.segmentation"),
              **extra}
-    return _evaluate(chips, cfg, fit_predict, extra, overlays=True)
+    return _evaluate(chips, cfg, cfg.seeds, fit_predict, extra, overlays=True)
 
 
 def evaluate_segmentation_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
-    """The trivial floor on the same label subsets: every test chip gets the subset's per-pixel prior."""
+    """The trivial floor on the same label subsets: every test chip gets the subset's per-pixel prior (cheap, so
+    over ``cfg.linear_seeds``)."""
 
     def fit_predict(subset: np.ndarray, seed: int, test: np.ndarray) -> tuple[np.ndarray, None]:
         prior = pixel_prior(np.asarray(chips.masks[subset]), len(chips.mask_classes), MASK_IGNORE)
@@ -73,7 +75,7 @@ def evaluate_segmentation_floor(chips: ChipSet, cfg: EvaluateConfig) -> dict:
 
     extra = {"init": "floor", "architecture": "per-pixel class prior",
              "features": "the most frequent class at each pixel position of the labelled chips"}
-    return _evaluate(chips, cfg, fit_predict, extra, overlays=False)
+    return _evaluate(chips, cfg, cfg.linear_seeds, fit_predict, extra, overlays=False)
 
 
 def pixel_prior(masks: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:
@@ -85,11 +87,12 @@ def pixel_prior(masks: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:
     return np.where(counts.sum(axis=0) > 0, counts.argmax(axis=0), overall).astype(np.uint8)
 
 
-def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
+def _evaluate(chips: ChipSet, cfg: EvaluateConfig, seeds: list[int],
               fit_predict: Callable[[np.ndarray, int, np.ndarray], tuple[np.ndarray, dict | None]], extra: dict,
               overlays: bool) -> dict:
     """Seeds × ``transfer_protocols(cfg, "seg")``: each seed's label subset → ``fit_predict`` (test predictions
-    and the training record, None for the floor) → test metrics."""
+    and the training record, None for the floor) → test metrics, and per run the per-chip pixel counts
+    (true / false positives, false negatives per class) the report's bootstrap resamples."""
     if chips.masks is None or not chips.mask_classes:
         raise ValueError("segmentation needs masks in the chip cache (masks/ beside the images) and mask_classes")
     train, test = _masked_split(chips, "train"), _masked_split(chips, "test")
@@ -98,23 +101,26 @@ def _evaluate(chips: ChipSet, cfg: EvaluateConfig,
     classes, truth = chips.mask_classes, np.asarray(chips.masks[test])
 
     def runs_at(fraction: float) -> tuple[list[dict], dict]:
-        runs, shown = [], {}
-        for seed in cfg.seeds:
+        runs, counts, shown = [], [], {}
+        for seed in seeds:
             subset = train[label_subset(chips.labels[train], fraction, seed)]
             predicted, record = fit_predict(subset, seed, test)
             confusion = segmentation_confusion(truth, predicted, len(classes), MASK_IGNORE)
             runs.append({"seed": seed, "n_labels": len(subset), **segmentation_metrics(confusion, classes),
                          **({"training": record} if record else {})})
+            counts.append(segmentation_counts(truth, predicted, len(classes), MASK_IGNORE).tolist())
             if overlays and not shown:
                 shown = {"chips": test[:OVERLAY_CHIPS].tolist(), "predicted": predicted[:OVERLAY_CHIPS].tolist()}
             log.info("segmentation %s %g%% labels, seed %d: mIoU %.3f", extra.get("init", ""), fraction * 100, seed,
                      runs[-1]["miou"])
-        return runs, shown
+        return runs, counts, shown
 
     done = run_protocols(transfer_protocols(cfg, "seg"), runs_at)
     names = ("miou", "mdice", *(f"dice_{name}" for name in classes))
     return {"task": "seg", "label_fraction": cfg.label_fraction, "label_fractions": list(cfg.label_fractions),
-            "seeds": list(cfg.seeds), "n_test": len(test), "classes": classes,
-            "per_seed": {protocol: runs for protocol, (runs, _) in done.items()},
-            "summary": {protocol: summarise_runs(runs, names) for protocol, (runs, _) in done.items()},
-            "overlays": done["finetune"][1], **extra}
+            "seeds": list(seeds), "n_test": len(test), "classes": classes,
+            "per_seed": {protocol: runs for protocol, (runs, _, _) in done.items()},
+            "summary": {protocol: summarise_runs(runs, names) for protocol, (runs, _, _) in done.items()},
+            "test_units": test_units(chips, test, labelled=False),
+            "test_outputs": {protocol: counts for protocol, (_, counts, _) in done.items()},
+            "overlays": done["finetune"][2], **extra}

@@ -1,4 +1,4 @@
-"""The trivial floor: a linear model on per-channel intensity statistics (DOMAIN.md §2.4).
+"""The trivial floor: a linear model on per-channel intensity statistics (docs/background.md §2.4).
 
 If a pretrained network cannot beat mean/std/percentiles of each window or band, it has learned
 nothing about shape or texture; on EuroSAT this floor already rivals ImageNet features.

@@ -1,4 +1,4 @@
-"""The linear probe (DOMAIN.md §2.1): logistic regression on frozen features.
+"""The linear probe (docs/background.md §2.1): logistic regression on frozen features.
 
 scikit-learn only, no torch: the classification floor runs the same probe on image statistics and its stage
 starts without torch.

@@ -24,7 +24,7 @@ from pipeline.data.datasets import ChannelStandardiser, resize_batch
 from pipeline.data.subsets import epoch_batches
 from pipeline.metrics import segmentation_confusion, segmentation_metrics
 from pipeline.runtime import Compute
-from pipeline.tasks.optim import transfer_optimizer
+from pipeline.training.optim import transfer_optimizer
 from pipeline.tasks.transfer_loop import plan_schedule, train_with_validation
 
 ARCHITECTURES = {"unet": smp.Unet, "fpn": smp.FPN, "deeplabv3plus": smp.DeepLabV3Plus}

@@ -12,7 +12,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.report import Table, markdown_table
+from pipeline.report.tables import Table, markdown_table
 
 
 @dataclass
@@ -65,7 +65,8 @@ def render_markdown(document: Document, relative_to: Path) -> str:
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}"""
+figcaption{font-size:0.85em;color:#555;margin-bottom:1.5em}td.better{background:#d8f0d8}td.worse{background:#f6d5d5}
+td.none{background:#f1f1f1}"""
 
 
 def render_html(document: Document) -> str:
@@ -97,8 +98,13 @@ def _html_block(block) -> str:
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in table.header)
     rows = []
-    for cells, marks in zip(table.rows, table.bold):
+    tones = table.tone or [[""] * len(cells) for cells in table.rows]
+    for cells, marks, row_tones in zip(table.rows, table.bold, tones):
         rows.append("<tr>" + "".join(
-            f"<td><b>{html.escape(c)}</b></td>" if b else f"<td>{html.escape(c)}</td>" for c, b in zip(cells, marks)
-        ) + "</tr>")
+            f"<td{_tone_class(t)}>{'<b>' if b else ''}{html.escape(c)}{'</b>' if b else ''}</td>"
+            for c, b, t in zip(cells, marks, row_tones)) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _tone_class(tone: str) -> str:
+    return f' class="{tone}"' if tone in ("better", "worse", "none") else ""

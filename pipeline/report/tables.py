@@ -1,9 +1,8 @@
-"""Aggregate per-run results into one metrics file (for `dvc exp show`) and the comparison tables.
+"""The report's detailed tables: per-run results read back and summarised per init and protocol.
 
-``metrics.json`` nests domain → task → init → protocol → metric, so experiment columns read
-``medical.cls.simclr.linear.auroc``; label-efficiency runs are protocols too (``linear_1pct``).
-Every number in the report is read from stage outputs; every conclusion sentence is computed from the
-means and 95 % CIs and says "no significant difference" when the intervals overlap.
+:func:`collect_metrics` nests domain → task → init → protocol → metric (``results.json``'s ``summaries``;
+label-efficiency runs are protocols too, ``linear_1pct``). Tables show mean ± 95 % Student-t half-width over
+seeds, each init on its own; the paired comparisons and verdicts are :mod:`pipeline.report.comparisons`'.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import read_json
-from pipeline.metrics import CLASSIFICATION_METRICS
-from pipeline.tasks.evaluate import fraction_key
+from pipeline.protocols import CLASSIFICATION_METRICS, fraction_key
 
 INIT_ORDER = ("floor", "random", "imagenet", "simclr")
 PROTOCOLS = ("linear", "finetune")
@@ -28,6 +26,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     bold: list[list[bool]]
+    tone: list[list[str]] | None = None  # per cell "better" / "worse" / "none" / "": the HTML colours it
 
 
 def read_results(evaluate_dir: Path, domains: list[str]) -> dict[str, dict[str, dict]]:
@@ -143,47 +142,6 @@ METRIC_NAMES = {"auroc": "AUROC", "miou": "mIoU", "map50": "mAP@0.5", "map": "mA
 
 def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
-
-
-COMPARED_WITH = {"imagenet": "imagenet init", "random": "random init", "floor": "the trivial floor"}
-
-
-def compare(cls: dict, protocol: str, metric: str = HEADLINE_METRIC, setting: str = "") -> str:
-    """One sentence: SimCLR against ImageNet init, random init and the trivial floor (where it has this
-    protocol) under ``protocol``, judged by the CIs."""
-    simclr = cls.get("simclr", {}).get(protocol)
-    if not simclr:
-        return ""
-    parts = []
-    for other, name in COMPARED_WITH.items():
-        ref = cls.get(other, {}).get(protocol)
-        if not ref:
-            continue
-        diff = simclr[metric] - ref[metric]
-        spread = simclr[f"{metric}_ci95"] + ref[f"{metric}_ci95"]
-        if spread == 0:  # e.g. 100 % labels: every seed fits the same labelled set, so there is no CI to judge by
-            parts.append(f"differs from {name} by {diff:+.3f} {metric_name(metric)} "
-                         "(every seed used the same labels: no CI, no significance claim)")
-        elif abs(diff) <= spread:
-            parts.append(f"shows no significant difference from {name} ({diff:+.3f} {metric_name(metric)}, CIs overlap)")
-        else:
-            verb = "beats" if diff > 0 else "is worse than"
-            parts.append(f"{verb} {name} by {abs(diff):.3f} {metric_name(metric)} (CIs do not overlap)")
-    return f"{setting}SimCLR " + "; ".join(parts) + "." if parts else ""
-
-
-def conclusions(cls: dict, label_fraction: float) -> list[str]:
-    """The sentences under a domain's classification table, one per headline protocol."""
-    sentences = [compare(cls, protocol, setting=f"{protocol.capitalize()}, {fraction_title(label_fraction)} labels: ")
-                 for protocol in PROTOCOLS]
-    return [sentence for sentence in sentences if sentence]
-
-
-def fraction_conclusions(by_init: dict, fractions: list[float], metric: str, protocol: str, what: str) -> list[str]:
-    """One sentence per label fraction of a label-efficiency sweep."""
-    sentences = [compare(by_init, fraction_key(protocol, f), metric, setting=f"{what}, {fraction_title(f)} labels: ")
-                 for f in fractions]
-    return [sentence for sentence in sentences if sentence]
 
 
 def markdown_table(table: Table) -> list[str]:

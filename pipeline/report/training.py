@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.report import HEADLINE_METRIC, INIT_ORDER, fraction_title, metric_name
-from pipeline.report_document import Bullets, Document, Paragraph
-from pipeline.tasks.evaluate import fraction_key
+from pipeline.protocols import PRIMARY_METRIC
+from pipeline.report.tables import HEADLINE_METRIC, INIT_ORDER, fraction_title, metric_name, trained_result
+from pipeline.report.verdict import comparison_sentence
+from pipeline.report.comparisons import Comparison
+from pipeline.report.document import Bullets, Document, Paragraph
+from pipeline.protocols import fraction_key
 
 FLAGGED_INITS = ("random", "imagenet", "simclr")
 # a fine-tune that kept its LP-FT start scores the probe's own predictions through a float32 head instead of
@@ -83,3 +86,15 @@ def training_block(document: Document, budget: str, flags: list[str]) -> None:
         document.add(Paragraph(budget))
     if flags:
         document.add(Paragraph("Under-trained (these numbers say nothing about the initialisation):"), Bullets(flags))
+
+
+def transfer_findings(document: Document, comparisons: list[Comparison], domain: str, task: str,
+                      results: dict[str, dict], by_init: dict, what: str, key: str) -> None:
+    """Under a segmentation or detection table: SimCLR's comparisons, the training budget, under-training flags."""
+    fraction = trained_result(results)["label_fraction"]
+    sentence = comparison_sentence(comparisons, domain, task, "finetune", fraction,
+                                   f"{what}, {fraction_title(fraction)} labels: ")
+    if sentence:
+        document.add(Bullets([sentence]))
+    training_block(document, budget_sentence(results, what),
+                   below_floor_flags(by_init, "finetune", PRIMARY_METRIC[task], key))

@@ -1,4 +1,4 @@
-"""Frozen-feature evaluation: feature extraction and weighted kNN (DOMAIN.md §2.1); the linear probe is in
+"""Frozen-feature evaluation: feature extraction and weighted kNN (docs/background.md §2.1); the linear probe is in
 :mod:`pipeline.tasks.linear_probe`."""
 
 from __future__ import annotations

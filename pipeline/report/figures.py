@@ -46,12 +46,14 @@ def training_curves(history: list[dict], path: Path, title: str, embedding_refer
     return _save(figure, path)
 
 
-def label_efficiency(curves: dict[str, list[tuple[float, float, float]]], metric: str, path: Path, title: str) -> Path:
-    """Metric vs label fraction (log axis), one line per init with its 95 % CI band.
+def label_efficiency(curves: dict[str, list[tuple[float, float, float]]], metric: str, path: Path, title: str,
+                     paired: Sequence[tuple[float, float, float, float]] = ()) -> Path:
+    """Left: metric vs label fraction (log axis), one line per init with its 95 % CI band. Right: the paired
+    difference SimCLR − ImageNet with its bootstrap interval, where the question is answered.
 
-    ``curves`` maps init → [(fraction, mean, ci95 half-width), …].
+    ``curves`` maps init → [(fraction, mean, ci95 half-width), …]; ``paired`` is [(fraction, Δ, low, high), …].
     """
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, (axis, difference) = plt.subplots(1, 2, figsize=(12, 4))
     for init, points in curves.items():
         if not points:
             continue
@@ -63,6 +65,19 @@ def label_efficiency(curves: dict[str, list[tuple[float, float, float]]], metric
     axis.set(xlabel="fraction of training labels", ylabel=metric, title=title)
     axis.grid(alpha=0.3, which="both")
     axis.legend()
+    difference.axhline(0, color="grey", lw=1)
+    if paired:
+        fraction, delta, low, high = (np.asarray(values, dtype=float) for values in zip(*sorted(paired)))
+        difference.plot(fraction, delta, marker="o", color=INIT_COLOURS["simclr"], label="SimCLR − ImageNet")
+        difference.fill_between(fraction, low, high, color=INIT_COLOURS["simclr"], alpha=0.2,
+                                label="95 % paired bootstrap interval")
+        difference.legend()
+    else:
+        difference.text(0.5, 0.5, "no SimCLR / ImageNet pair", ha="center", va="center",
+                        transform=difference.transAxes)
+    difference.set_xscale("log")
+    difference.set(xlabel="fraction of training labels", ylabel=f"Δ {metric}", title="SimCLR − ImageNet (paired)")
+    difference.grid(alpha=0.3, which="both")
     figure.tight_layout()
     return _save(figure, path)
 

@@ -13,21 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import figures
+from pipeline.report import figures
 from pipeline.atomic import atomic_file, read_json, write_json
 from pipeline.augment import TwoViewTransform
 from pipeline.data.chips import load_chipset
-from pipeline.display import display_views
+from pipeline.report.display import display_views
 from pipeline.presets import DomainPreset
-from pipeline.report import (
-    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, compare, conclusions, fraction_conclusions,
-    label_efficiency_curves, label_efficiency_table, metric_name, read_results, read_segmentation_results,
-    segmentation_table, trained_result,
+from pipeline.report.comparisons import Comparison, compare_all, family_note, find
+from pipeline.report.tables import (
+    HEADLINE_METRIC, INIT_ORDER, classification_table, collect_metrics, fraction_title, label_efficiency_curves,
+    label_efficiency_table, metric_name, read_results, read_segmentation_results, segmentation_table, trained_result,
 )
-from pipeline.report_detection import detection_section
-from pipeline.report_training import below_floor_flags, budget_sentence, finetune_flags, training_block
-from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
-from pipeline.ssl.train import embedding_std_reference
+from pipeline.report.verdict import comparison_sentence, domain_answer, headline_metrics, verdict_table
+from pipeline.report.detection import detection_section
+from pipeline.report.training import budget_sentence, finetune_flags, training_block, transfer_findings
+from pipeline.report.document import Bullets, Document, Figure, Heading, Paragraph, render_html, render_markdown
+from pipeline.ssl.monitors import embedding_std_reference
 
 GALLERY_CHIPS = 4
 DATA_FILES = ("manifest.csv", "stats.json", "chips.npy")
@@ -49,46 +50,60 @@ class ReportInputs:
 
 
 def build_report(inputs: ReportInputs) -> dict:
-    """Write every report file; return the metrics written to ``metrics.json``."""
-    results = read_results(inputs.evaluate_dir, list(inputs.domains))
-    segmentation = read_segmentation_results(inputs.evaluate_dir, list(inputs.domains))
-    detection = read_segmentation_results(inputs.evaluate_dir, list(inputs.domains), task="det")
+    """Write every report file; return the headline written to ``metrics.json`` (the rest: ``results.json``)."""
+    domains = list(inputs.domains)
+    results = read_results(inputs.evaluate_dir, domains)
+    segmentation = read_segmentation_results(inputs.evaluate_dir, domains)
+    detection = read_segmentation_results(inputs.evaluate_dir, domains, task="det")
     metrics = collect_metrics(results, inputs.pretrain_dir, segmentation, detection)
-    write_json(inputs.reports_dir / "metrics.json", metrics)
-    document = Document("SimCLR vs ImageNet vs random initialisation")
-    document.add(Heading("Provenance"), Bullets(_provenance(inputs, results, segmentation, detection)))
+    comparisons = compare_all({domain: {task: by_init for task, by_init in (
+        ("cls", results[domain]), ("seg", segmentation[domain]), ("det", detection[domain])) if by_init}
+        for domain in domains}, inputs.seed)
+    headline = headline_metrics(metrics, comparisons, inputs.label_fraction)
+    write_json(inputs.reports_dir / "metrics.json", headline)
+    write_json(inputs.reports_dir / "results.json", {"summaries": metrics,
+                                                     "comparisons": [c.as_record() for c in comparisons]})
+    document = Document("Does in-domain SimCLR beat ImageNet initialisation?")
+    document.add(Heading("Verdict"), Paragraph(
+        f"Paired differences at {fraction_title(inputs.label_fraction)} of the training labels. {family_note(comparisons)}"),
+        verdict_table(comparisons, domains, inputs.label_fraction),
+        Bullets([domain_answer(comparisons, domain, inputs.label_fraction) for domain in domains]))
     for domain, preset in inputs.domains.items():
-        _domain_section(document, inputs, domain, preset, results[domain], metrics[domain])
-        _segmentation_section(document, inputs, domain, preset, segmentation[domain], metrics[domain])
+        _domain_section(document, inputs, domain, preset, results[domain], metrics[domain], comparisons)
+        _segmentation_section(document, inputs, domain, preset, segmentation[domain], metrics[domain], comparisons)
         detection_section(document, inputs.ingest_dir, inputs.reports_dir / "figures", domain, preset,
-                          detection[domain], metrics[domain])
+                          detection[domain], metrics[domain], comparisons)
         for sweep in LABEL_EFFICIENCY[1:]:
-            _label_efficiency_block(document, inputs, domain, metrics[domain], sweep)
+            _label_efficiency_block(document, inputs, domain, metrics[domain], sweep, comparisons)
     document.add(Heading("Protocols"), Bullets([
         "Floor: logistic regression on per-channel mean, std and 5/50/95 percentiles of each chip.",
         "Linear: logistic regression on standardised frozen pooled features. Fine-tune: whole network + linear head "
         "(started from the linear probe when evaluate.finetune.linear_probe_first), weights chosen on the validation "
         "split, the test split scored once.",
-        "Mean ± 95 % Student-t CI over the evaluation seeds; each seed draws its own nested, stratified label subset.",
-    ]))
+        "Tables: mean ± 95 % Student-t half-width over each init's own seeds (each seed draws its own nested, "
+        "stratified label subset). Comparisons: " + family_note(comparisons),
+    ]), Heading("Provenance"), Bullets(_provenance(inputs, results, segmentation, detection)))
     with atomic_file(inputs.reports_dir / "report.md") as stream:
         stream.write(render_markdown(document, inputs.reports_dir))
     with atomic_file(inputs.reports_dir / "report.html") as stream:
         stream.write(render_html(document))
-    return metrics
+    return headline
 
 
 def _domain_section(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset,
-                    results: dict[str, dict], metrics: dict) -> None:
+                    results: dict[str, dict], metrics: dict, comparisons: list[Comparison]) -> None:
     cls = metrics["cls"]
     figure_dir = inputs.reports_dir / "figures"
     document.add(Heading(f"{domain}: classification"), Paragraph(
         f"{preset.description}. Test chips: {next(iter(results.values()))['n_test'] if results else 0}; "
         f"headline label fraction {inputs.label_fraction:.0%}; best mean per column in bold."))
-    document.add(classification_table(cls), Bullets(conclusions(cls, inputs.label_fraction)))
+    sentences = [comparison_sentence(comparisons, domain, "cls", kind, inputs.label_fraction,
+                                     f"{kind.capitalize()}, {fraction_title(inputs.label_fraction)} labels: ")
+                 for kind in ("linear", "finetune")]
+    document.add(classification_table(cls), Bullets([s for s in sentences if s]))
     training_block(document, budget_sentence(results, "Fine-tuning"),
                     finetune_flags(cls, inputs.label_fraction, inputs.label_fractions))
-    _label_efficiency_block(document, inputs, domain, metrics, LABEL_EFFICIENCY[0])
+    _label_efficiency_block(document, inputs, domain, metrics, LABEL_EFFICIENCY[0], comparisons)
     _pretrain_block(document, inputs, domain, figure_dir)
     chips = load_chipset(inputs.ingest_dir / domain)
     _gallery_block(document, inputs, domain, preset, chips, figure_dir)
@@ -126,8 +141,9 @@ LABEL_EFFICIENCY = (
 
 
 def _label_efficiency_block(document: Document, inputs: ReportInputs, domain: str, metrics: dict,
-                            sweep: LabelEfficiencySweep) -> None:
-    """Table, CI-band curve (PNG + CSV for `dvc plots`) and sentences of one sweep, when it ran."""
+                            sweep: LabelEfficiencySweep, comparisons: list[Comparison]) -> None:
+    """Table, curves (raw with CI bands, and SimCLR − ImageNet with its paired interval; PNG + CSV for
+    `dvc plots`) and one comparison sentence per label fraction, when the sweep ran."""
     by_init = sweep.by_init(metrics)
     curves = label_efficiency_curves(by_init, inputs.label_fractions, sweep.metric, sweep.protocol)
     if not curves:
@@ -138,9 +154,20 @@ def _label_efficiency_block(document: Document, inputs: ReportInputs, domain: st
         Heading(f"{domain}: label efficiency ({sweep.what.lower()}, {metric})", 3),
         label_efficiency_table(by_init, inputs.label_fractions, sweep.metric, sweep.protocol),
         Figure(figures.label_efficiency(curves, metric, inputs.reports_dir / "figures" / f"label_efficiency_{name}.png",
-                                        f"{domain}: {sweep.what.lower()} vs labels"),
-               f"{domain}: {sweep.what.lower()} {metric} vs fraction of training labels, 95 % CI bands"),
-        Bullets(fraction_conclusions(by_init, inputs.label_fractions, sweep.metric, sweep.protocol, sweep.what)))
+                                        f"{domain}: {sweep.what.lower()} vs labels",
+                                        _paired_curve(comparisons, domain, sweep, inputs.label_fractions)),
+               f"{domain}: {sweep.what.lower()} {metric} vs fraction of training labels, 95 % CI bands (left); "
+               "SimCLR − ImageNet paired difference with its bootstrap interval (right)"),
+        Bullets([sentence for sentence in (comparison_sentence(
+            comparisons, domain, sweep.task, sweep.protocol, f, f"{sweep.what}, {fraction_title(f)} labels: ")
+            for f in inputs.label_fractions) if sentence]))
+
+
+def _paired_curve(comparisons: list[Comparison], domain: str, sweep: LabelEfficiencySweep,
+                  fractions: list[float]) -> list[tuple[float, float, float, float]]:
+    """[(fraction, Δ, low, high)] of SimCLR − ImageNet along one sweep."""
+    found = [find(comparisons, domain, sweep.task, sweep.protocol, f, "imagenet") for f in fractions]
+    return [(c.fraction, c.difference.delta, c.difference.low, c.difference.high) for c in found if c]
 
 
 def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figure_dir: Path) -> None:
@@ -206,7 +233,7 @@ def _confusion_and_embedding_blocks(document: Document, domain: str, results: di
 
 
 def _segmentation_section(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset,
-                          results: dict[str, dict], metrics: dict) -> None:
+                          results: dict[str, dict], metrics: dict, comparisons: list[Comparison]) -> None:
     """Table, conclusion and overlays of the segmentation transfer, when the segment stages ran."""
     if "seg" not in metrics:
         return
@@ -215,11 +242,7 @@ def _segmentation_section(document: Document, inputs: ReportInputs, domain: str,
         f"{first['architecture']} decoder on the same backbone, fine-tuned at {first['label_fraction']:.0%} of the "
         f"labelled training chips; {first['n_test']} test chips; pixels marked ignore (nodata, padding) not scored."),
         segmentation_table(seg, first["classes"]))
-    sentence = compare(seg, "finetune", "miou", setting=f"Segmentation, {first['label_fraction']:.0%} labels: ")
-    if sentence:
-        document.add(Bullets([sentence]))
-    training_block(document, budget_sentence(results, "Segmentation"),
-                    below_floor_flags(seg, "finetune", "miou", "evaluate.segmentation"))
+    transfer_findings(document, comparisons, domain, "seg", results, seg, "Segmentation", "evaluate.segmentation")
     inits = [init for init in INIT_ORDER if init in results and results[init].get("overlays", {}).get("chips")]
     if inits:
         chips = load_chipset(inputs.ingest_dir / domain)

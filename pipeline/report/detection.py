@@ -10,17 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import figures
+from pipeline.report import figures
 from pipeline.data.chips import load_chipset
-from pipeline.display import display_views
+from pipeline.report.display import display_views
 from pipeline.presets import DomainPreset
-from pipeline.report import INIT_ORDER, compare, detection_table, trained_result
-from pipeline.report_training import below_floor_flags, budget_sentence, training_block
-from pipeline.report_document import Bullets, Document, Figure, Heading, Paragraph
+from pipeline.report.comparisons import Comparison
+from pipeline.report.tables import INIT_ORDER, detection_table, trained_result
+from pipeline.report.training import transfer_findings
+from pipeline.report.document import Document, Figure, Heading, Paragraph
 
 
 def detection_section(document: Document, ingest_dir: Path, figure_dir: Path, domain: str, preset: DomainPreset,
-                      results: dict[str, dict], metrics: dict) -> None:
+                      results: dict[str, dict], metrics: dict, comparisons: list[Comparison]) -> None:
     """Table, conclusion and example boxes of the detection transfer, when the detect stages ran."""
     if "det" not in metrics:
         return
@@ -29,11 +30,7 @@ def detection_section(document: Document, ingest_dir: Path, figure_dir: Path, do
         f"{first['architecture']} with an FPN on the same backbone, fine-tuned at {first['label_fraction']:.0%} of "
         f"the annotated training chips; {first['n_test']} test chips with {first['n_test_boxes']} boxes "
         f"({', '.join(first['classes'])}); COCO mAP, best mean per column in bold."), detection_table(det))
-    sentence = compare(det, "finetune", "map50", setting=f"Detection, {first['label_fraction']:.0%} labels: ")
-    if sentence:
-        document.add(Bullets([sentence]))
-    training_block(document, budget_sentence(results, "Detection"),
-                   below_floor_flags(det, "finetune", "map50", "evaluate.detection"))
+    transfer_findings(document, comparisons, domain, "det", results, det, "Detection", "evaluate.detection")
     inits = [init for init in INIT_ORDER if init in results and results[init].get("examples", {}).get("chips")]
     if not inits:
         return
