@@ -71,10 +71,9 @@ def test_metrics_file_has_every_key(tiny_repo):
     metrics = json.loads((root / "reports" / "results.json").read_text())["summaries"]
     headline = json.loads((root / "reports" / "metrics.json").read_text())
     for domain in ("medical", "remote"):
-        assert set(headline[domain]) == {"linear", "finetune", "seg", "det"}
+        assert set(headline[domain]) == {"lin", "ft", "seg", "det"}
         for row in headline[domain].values():
-            assert set(row) >= {"floor", "random", "imagenet", "simclr", "vs_imagenet", "vs_imagenet_low",
-                                "vs_imagenet_high"}
+            assert set(row) >= {"floor", "random", "imagenet", "simclr", "Δ", "Δ_low", "Δ_high"}
     assert "Holm" in (root / "reports" / "report.md").read_text()
     for domain in ("medical", "remote"):
         for init, protocols in EXPECTED_INITS.items():
@@ -137,7 +136,7 @@ def test_exp_show_exposes_the_columns(tiny_repo):
         return sum(leaves(v) for v in node.values()) if isinstance(node, dict) else 1
 
     assert set(metrics) == {"medical", "remote"}
-    assert {"floor", "random", "imagenet", "simclr", "vs_imagenet", "vs_imagenet_low"} <= set(metrics["medical"]["seg"])
+    assert {"floor", "random", "imagenet", "simclr", "Δ", "Δ_low", "Δ_high"} <= set(metrics["medical"]["seg"])
     assert leaves(metrics) <= 56  # the headline only: 2 domains x 4 rows x (4 inits + 3 bounds), not ~1,000 columns
 
 

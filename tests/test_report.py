@@ -109,17 +109,16 @@ def test_metrics_file_holds_only_the_headline(report_dir):
     """What `dvc exp show` reads: per row the primary metric of each init and SimCLR − ImageNet with its bounds."""
     metrics = json.loads((report_dir / "metrics.json").read_text())
     summaries = _summaries(report_dir)["remote"]["cls"]
-    assert set(metrics) == {"remote"} and set(metrics["remote"]) == {"linear", "finetune"}
-    for row in ("linear", "finetune"):
+    assert set(metrics) == {"remote"} and set(metrics["remote"]) == {"lin", "ft"}
+    for row, protocol in (("lin", "linear"), ("ft", "finetune")):
         entry = metrics["remote"][row]
-        assert set(entry) == {"floor", "random", "imagenet", "simclr", "vs_imagenet", "vs_imagenet_low",
-                              "vs_imagenet_high"}
-        assert entry["vs_imagenet_low"] <= entry["vs_imagenet"] <= entry["vs_imagenet_high"]
-        assert entry["simclr"] == summaries["simclr"][row]["auroc"]
-    assert metrics["remote"]["finetune"]["floor"] == summaries["floor"]["linear"]["auroc"]  # the floor's probe
+        assert set(entry) == {"floor", "random", "imagenet", "simclr", "Δ", "Δ_low", "Δ_high"}
+        assert entry["Δ_low"] <= entry["Δ"] <= entry["Δ_high"]
+        assert entry["simclr"] == summaries["simclr"][protocol]["auroc"]
+    assert metrics["remote"]["ft"]["floor"] == summaries["floor"]["linear"]["auroc"]  # the floor's probe
     # the paired difference of the means over the same seeds (6-decimal stored probabilities: ~1e-6 apart)
     simclr, imagenet = (summaries[init]["linear"]["auroc"] for init in ("simclr", "imagenet"))
-    assert metrics["remote"]["linear"]["vs_imagenet"] == pytest.approx(simclr - imagenet, abs=2e-4)
+    assert metrics["remote"]["lin"]["Δ"] == pytest.approx(simclr - imagenet, abs=2e-4)
 
 
 def test_verdict_table_opens_the_report_and_agrees_with_the_comparisons(report_dir):
