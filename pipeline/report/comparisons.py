@@ -70,17 +70,21 @@ def _round(value: float) -> float | None:
     return round(float(value), 6) if math.isfinite(value) else None
 
 
+# task → (the primary metric on weighted resamples, the arguments it takes from a result and one run's outputs)
+RESAMPLED_METRIC = {
+    "cls": (weighted_auroc, lambda result, proba: (np.asarray(result["test_units"]["labels"]), np.asarray(proba))),
+    "seg": (weighted_miou, lambda result, counts: (np.asarray(counts),)),
+    "det": (weighted_map, lambda result, matches: (matches,)),
+}
+
+
 def run_scorers(task: str, result: dict, protocol: str) -> dict[int, Scorer]:
     """seed → the run's primary metric on weighted resamples of the test set (from its stored test outputs)."""
     runs, outputs = result["per_seed"].get(protocol, []), result.get("test_outputs", {}).get(protocol, [])
     if len(runs) != len(outputs):
         return {}
-    if task == "cls":
-        labels = np.asarray(result["test_units"]["labels"])
-        return {run["seed"]: _bind(weighted_auroc, labels, np.asarray(proba)) for run, proba in zip(runs, outputs)}
-    if task == "seg":
-        return {run["seed"]: _bind(weighted_miou, np.asarray(counts)) for run, counts in zip(runs, outputs)}
-    return {run["seed"]: _bind(weighted_map, matches) for run, matches in zip(runs, outputs)}
+    metric, arguments = RESAMPLED_METRIC[task]
+    return {run["seed"]: _bind(metric, *arguments(result, output)) for run, output in zip(runs, outputs)}
 
 
 def _bind(function, *arguments) -> Scorer:
