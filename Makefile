@@ -24,7 +24,7 @@ demo: env
 test: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-# the edit-test loop: everything but the end-to-end `dvc repro` runs (~4 of the suite's ~6 minutes on 2 cores)
+# the edit-test loop (docs/architecture.md): everything but the end-to-end `dvc repro`
 test-fast: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -k "not e2e"
 

@@ -67,18 +67,17 @@ def main() -> None:
         started = time.perf_counter()
         factory = BackboneFactory(config, args.domain, init, chips.in_chans)
         if args.task == "cls":
-            from pipeline.tasks.evaluate import evaluate_backbone
+            from pipeline.transfer.classification import evaluate_classification
 
-            result = evaluate_backbone(factory, chips, evaluate, preset, {"init": init})
+            result = evaluate_classification(factory, chips, evaluate, preset, {"init": init})
         elif args.task == "seg":
-            from pipeline.tasks.evaluate_segmentation import evaluate_segmentation
+            from pipeline.transfer.segmentation import evaluate_segmentation
 
             result = evaluate_segmentation(factory, config.model.backbone, chips, evaluate, preset, {"init": init})
         else:
-            from pipeline.tasks.evaluate_detection import evaluate_detection
+            from pipeline.transfer.detection import evaluate_detection
 
-            result = evaluate_detection(factory, config.model.backbone, chips, evaluate, {"init": init},
-                                        augment_preset=preset)
+            result = evaluate_detection(factory, config.model.backbone, chips, evaluate, preset, {"init": init})
         for protocol, summary in result["summary"].items():
             runs = result["per_seed"][protocol]
             training = [run["training"] for run in runs if "training" in run]

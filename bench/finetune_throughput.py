@@ -1,7 +1,7 @@
 """Fine-tuning throughput: the pipeline's classification fine-tune against a bare loop on pre-made tensors.
 
 Measures training images per second, in one process, of
-  (a) the pipeline's loop: ``pipeline.tasks.classification.finetune_classifier`` on an in-memory chip cache, as
+  (a) the pipeline's loop: ``pipeline.transfer.engine.fine_tune`` of a ``ClassificationTask`` on an in-memory chip cache, as
       the evaluate stage runs it (the domain's augmentation per chip, standardisation, batches prepared in a
       background thread, cross-entropy, fused AdamW, the lr schedule), validation switched off;
   (b) the bare loop: the same model, memory format, precision and optimiser, forward + cross-entropy + backward
@@ -31,7 +31,8 @@ from pipeline.models.backbone import create_backbone
 from pipeline.models.heads import Classifier
 from pipeline.runtime import resolve_compute
 from pipeline.seeding import configure_runtime
-from pipeline.tasks.classification import finetune_classifier
+from pipeline.transfer.classification import ClassificationTask
+from pipeline.transfer.engine import fine_tune
 from pipeline.training.optim import transfer_optimizer
 
 
@@ -51,8 +52,8 @@ def pipeline_rate(chips: ChipSet, args, compute) -> float:
     cfg = FinetuneConfig(steps=args.steps, batch_size=args.batch, warmup_fraction=0.1, augmentation=args.augmentation)
     backbone = create_backbone(args.backbone, "random", chips.in_chans, seed=0)[0]
     started = time.perf_counter()
-    finetune_classifier(backbone, chips, chips.indices("train"), np.zeros(0, np.int64), cfg, args.preset, 0,
-                        compute=compute)
+    fine_tune(ClassificationTask(chips, cfg, args.preset, compute), backbone, chips.indices("train"),
+              np.zeros(0, np.int64), cfg, 0, compute)
     return args.steps * args.batch / (time.perf_counter() - started)
 
 

@@ -17,7 +17,7 @@ runs with 1 and 2 worker processes. Goals (issue: real-world ingestion): ≥ 0.9
 with two workers.
 
 With 2 workers the main process reads files too while one spawned helper starts (~1 s: importing pydicom,
-rasterio, OpenCV) and then takes files from the other end of the list (:mod:`pipeline.data.file_pool`).
+rasterio, OpenCV) and then takes files from the other end of the list (:mod:`pipeline.ingest.file_pool`).
 ``worker_start_s`` times that start on its own (a 1-process spawn pool that imports the readers and does nothing
 else): on a small folder it is the part of the run where only one process reads.
 
@@ -52,10 +52,10 @@ import rasterio
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from pipeline.config import load_config
-from pipeline.data.demo_medical import MedicalDemoSpec, write_medical_demo
-from pipeline.data.demo_remote import RemoteDemoSpec, write_remote_demo
-from pipeline.data.ingest import read_folder
-from pipeline.data.source_kinds import SOURCE_KINDS
+from pipeline.demo.medical import MedicalDemoSpec, write_medical_demo
+from pipeline.demo.remote import RemoteDemoSpec, write_remote_demo
+from pipeline.ingest.folder import read_folder
+from pipeline.ingest.source_kinds import SOURCE_KINDS
 from pipeline.io.geotiff import chip_windows
 
 CONFIG = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -115,7 +115,7 @@ def write_source(source: Path, args: argparse.Namespace) -> None:
 
 
 def _readers_imported(_: int) -> bool:
-    return "pipeline.data.sources" in sys.modules
+    return "pipeline.ingest.sources" in sys.modules
 
 
 def _raw_share(job: tuple[str, list[Path], int]) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.report.tables import figures
 from pipeline.config import DomainDataConfig
 from pipeline.data.chips import load_chipset
-from pipeline.data.ingest import ingest_folder
+from pipeline.ingest.folder import ingest_folder
 from pipeline.presets import PRESETS
 from pipeline.report.build import gallery_rows
 

@@ -19,6 +19,8 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
+DEMO_SOURCE = "demo"  # data.<domain>.source: read the embedded demo the demo stage writes
+
 class ConfigError(ValueError):
     """A params.yaml problem; the message is one line and names the offending key."""
 
@@ -145,7 +147,7 @@ Range = tuple[float, float]
 
 
 class GeoTiffOptions(_Strict):
-    """GeoTIFF scenes (multi-band files or band folders); policies in :mod:`pipeline.data.scenes`."""
+    """GeoTIFF scenes (multi-band files or band folders); policies in :mod:`pipeline.ingest.scenes`."""
 
     # 1-based band indexes or band names (red, nir, B04, VV …); None = the band set most scenes share
     bands: Annotated[list[Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)]],
@@ -182,7 +184,7 @@ class DomainDataConfig(_Strict):
     """One data domain: which preset (reader, split, augmentation) and which files."""
 
     preset: str
-    source: str = "demo"  # "demo" or a folder of DICOM / GeoTIFF files (+ labels.csv / masks/)
+    source: str = DEMO_SOURCE  # "demo" or a folder of DICOM / GeoTIFF files (+ labels.csv / masks/)
     chip_size: PositiveInt = 64
     split_fractions: tuple[Fraction, Fraction, Fraction] = (0.6, 0.2, 0.2)
     dicom: DicomOptions = DicomOptions()
@@ -195,6 +197,15 @@ class DomainDataConfig(_Strict):
         if abs(sum(value) - 1.0) > 1e-6:
             raise ValueError(f"train/val/test fractions must sum to 1, got {list(value)}")
         return value
+
+    @property
+    def uses_demo(self) -> bool:
+        """Whether this domain reads the embedded demo (written by the demo stage) instead of the user's folder."""
+        return self.source == DEMO_SOURCE
+
+    def source_folder(self, demo_root: str, domain: str) -> Path:
+        """The folder ingest reads: the demo stage's output for ``source: demo``, else the user's folder."""
+        return Path(demo_root) / domain if self.uses_demo else Path(self.source)
 
 
 class MedicalDemoConfig(_Strict):
@@ -290,6 +301,9 @@ class FinetuneConfig(TransferTraining):
     # count that start as a validation candidate, so the fine-tune never ends below its probe on validation;
     # measurements in docs/finetuning.md
     linear_probe_first: bool = True
+    # LP-FT keeps its probe unless a fine-tuned checkpoint beats it on validation by more than this many bootstrap
+    # standard errors of the paired difference (the one-standard-error rule); 0 = any gain replaces the probe
+    lp_ft_margin_se: Annotated[float, Field(ge=0)] = 1.0
 
 
 class SegmentationConfig(TransferTraining):
@@ -375,7 +389,7 @@ class Config(_Strict):
         for domain, section in self.data.items():
             if section.preset not in PRESETS:
                 raise ValueError(f"data.{domain}.preset: unknown preset {section.preset!r}; known: {sorted(PRESETS)}")
-            if section.source == "demo" and PRESETS[section.preset].demo is None:
+            if section.uses_demo and PRESETS[section.preset].demo is None:
                 raise ValueError(f"data.{domain}.source: preset {section.preset!r} has no embedded demo; "
                                  "give a folder of your images")
         return self

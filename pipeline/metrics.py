@@ -9,6 +9,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from pipeline.protocols import CLASSIFICATION_METRICS
+from pipeline.stats.resampled_metrics import detection_matches, weighted_map
 
 
 
@@ -75,29 +76,23 @@ def segmentation_metrics(confusion: np.ndarray, class_names: list[str]) -> dict[
 
 
 DETECTION_METRICS = ("map50", "map")
+COCO_IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))  # mAP@0.5:0.95
 
 
 def detection_map(truth: list[np.ndarray], predicted: list[np.ndarray]) -> dict[str, float]:
-    """COCO mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) over a set of chips (torchmetrics, pycocotools).
+    """COCO mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) over a set of chips: COCO's greedy matching and
+    101-point interpolated precision (:mod:`pipeline.stats.resampled_metrics`; equal to pycocotools' COCOeval
+    and torchmetrics' MeanAveragePrecision, tests/stats), in numpy, so the detection floor runs without torch.
 
     Args:
         truth: per chip (M, 5) x0, y0, x1, y1, class_index (pixels).
         predicted: per chip (K, 6) x0, y0, x1, y1, score, class_index.
     Without any true box the average precision is undefined: both metrics are NaN then.
     """
-    import torch
-    from torchmetrics.detection import MeanAveragePrecision
-
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
-    metric.update(
-        [{"boxes": torch.as_tensor(p[:, :4], dtype=torch.float32).reshape(-1, 4),
-          "scores": torch.as_tensor(p[:, 4], dtype=torch.float32), "labels": torch.as_tensor(p[:, 5]).long()}
-         for p in predicted],
-        [{"boxes": torch.as_tensor(t[:, :4], dtype=torch.float32).reshape(-1, 4),
-          "labels": torch.as_tensor(t[:, 4]).long()} for t in truth])
-    scores = metric.compute()
-    return {name: float(scores[key]) if float(scores[key]) >= 0 else float("nan")  # -1 = nothing to score
-            for name, key in (("map50", "map_50"), ("map", "map"))}
+    unit = np.ones((1, len(truth)))
+    per_threshold = [weighted_map(detection_matches(truth, predicted, iou), unit)[0] for iou in COCO_IOU_THRESHOLDS]
+    defined = [value for value in per_threshold if not math.isnan(value)]
+    return {"map50": float(per_threshold[0]), "map": float(np.mean(defined)) if defined else float("nan")}
 
 
 def summarise_runs(runs: list[dict[str, float]], names: tuple[str, ...] | None = None) -> dict[str, float]:

@@ -33,7 +33,7 @@ class DicomRecipe:
     Attributes:
         modalities: DICOM Modality values (0008,0060) read by default; ``data.<domain>.dicom.modalities``
             overrides them. A file of another modality is skipped with a reason naming the preset that reads it.
-        intensity: key of :data:`pipeline.data.dicom_source.DICOM_INTENSITY`: ``hu_windows`` (CT: HU windows
+        intensity: key of :data:`pipeline.ingest.dicom_source.DICOM_INTENSITY`: ``hu_windows`` (CT: HU windows
             as channels), ``file_voi`` (radiographs: the file's VOI LUT, else a robust window), ``series_percentiles``
             (MR: robust percentiles of the whole series), ``colour`` (RGB, YBR, palette; grey as three channels).
         reads_colour: colour objects (RGB, YBR, PALETTE COLOR) of any modality belong here.

@@ -12,7 +12,6 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.atomic import write_json
@@ -20,10 +19,10 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.seeding import configure_runtime
 
 
-def start_stage(description: str, with_init: bool = False,
-                uses_torch: bool | Callable[[argparse.Namespace], bool] = True) -> tuple[Config, argparse.Namespace]:
-    """Parsed arguments and the validated config, with every generator seeded, torch's too if ``uses_torch``
-    (or ``uses_torch(args)``: the floors of a training stage need no torch).
+def start_stage(description: str, with_init: bool = False, uses_torch: bool = True,
+                tasks: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parsed arguments (``--domain``, ``--init`` with ``with_init``, ``--task`` one of ``tasks``) and the
+    validated config, with every generator seeded, torch's too if ``uses_torch``.
 
     Objects alive after the stage's imports, and all objects at exit, are frozen (``gc.freeze``): neither the
     collector during the run nor the interpreter's final collection walks torch's and timm's objects again
@@ -32,7 +31,9 @@ def start_stage(description: str, with_init: bool = False,
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--domain", help="a key of data: in params.yaml (e.g. medical, remote)")
     if with_init:
-        parser.add_argument("--init", required=True, choices=["simclr", "imagenet", "random", "floor"])
+        parser.add_argument("--init", required=True, choices=["simclr", "imagenet", "random"])
+    if tasks:
+        parser.add_argument("--task", required=True, choices=tasks)
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -42,8 +43,7 @@ def start_stage(description: str, with_init: bool = False,
             config.domain(args.domain)
     except ConfigError as error:
         sys.exit(f"error: {error}")
-    torch_stage = uses_torch(args) if callable(uses_torch) else uses_torch
-    configure_runtime(config.seed, config.runtime.torch_threads, torch_stage)
+    configure_runtime(config.seed, config.runtime.torch_threads, uses_torch)
     gc.freeze()
     atexit.register(gc.freeze)
     return config, args

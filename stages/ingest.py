@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.data.ingest import IngestError, IngestFailed, ingest_folder
+from pipeline.ingest.folder import IngestError, IngestFailed, ingest_folder
 from pipeline.presets import PRESETS
 from stages.common import start_stage
 
@@ -24,7 +24,7 @@ if __name__ == "__main__":
     config, args = start_stage(__doc__, uses_torch=False)
     started = time.perf_counter()
     section = config.domain(args.domain)
-    source = Path(config.paths.demo) / args.domain if section.source == "demo" else Path(section.source)
+    source = section.source_folder(config.paths.demo, args.domain)
     report_path = Path(config.paths.reports) / "ingest" / f"{args.domain}.json"
     try:
         with atomic_dir(Path(config.paths.ingest) / args.domain) as out:

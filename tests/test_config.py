@@ -1,17 +1,12 @@
 """params.yaml validation: one-line errors that name the key."""
 
-from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.config import ConfigError, load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+from tests.fixtures.params import repo_params as _params
+from tests.fixtures.paths import REPO
 
 
 def test_repository_params_are_valid():

@@ -1,6 +1,5 @@
 """Metric functions on hand-made cases and against independent formulas."""
 
-import math
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""The decoded chip cache written by ingest and read by every later stage.
+"""The decoded chip cache: the one module that writes (:func:`write_chipset`, called by ingest) and reads
+(:func:`load_chipset`, every later stage) it.
 
 Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
 
@@ -8,7 +9,9 @@ Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
 * ``manifest.csv`` – one row per chip: id, source file (relative), hashed group, split, label, grid position,
   CRS and affine transform (remote sensing). No patient identifier is ever written here.
 * ``masks.npy``    – optional (N, S, S) uint8 segmentation class ids, 255 = ignore (nodata, padding, unlabelled).
-* ``boxes.json``   – optional object boxes per chip in chip pixels (:mod:`pipeline.data.boxes`).
+* ``boxes.json``   – optional object boxes per chip in chip pixels, ``{"classes": [...], "boxes": [per chip:
+  null (unannotated) | [[x0, y0, x1, y1, class_index], ...]]}`` in manifest order (:mod:`pipeline.ingest.boxes`
+  maps a source's COCO file onto chips).
 * ``stats.json``   – per-channel mean/std from the **train split only** (robust: 2–98 % clipped), channel
   and class names, counts. Every consumer standardises with these numbers; nothing recomputes them.
 """
@@ -16,17 +19,18 @@ Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.atomic import read_json
-from pipeline.data.boxes import read_box_cache
 
 MANIFEST_FIELDS = ("chip_id", "source", "frame", "group", "split", "label", "row", "col", "crs", "transform")
 UNLABELLED = -1
 MASK_IGNORE = 255
+BOX_CACHE = "boxes.json"
 
 
 @dataclass
@@ -83,6 +87,32 @@ def load_chipset(folder: str | Path) -> ChipSet:
         boxes=boxes,
         box_classes=box_classes,
     )
+
+
+def write_chipset(out_dir: Path, images: np.ndarray, valid: np.ndarray, rows: list[dict[str, object]], stats: dict,
+                  masks: np.ndarray | None = None, boxes: tuple[list, list[str]] | None = None) -> None:
+    """Write the cache into ``out_dir`` (the caller renames the folder into place): ``images`` (N, C, S, S)
+    float32, ``valid`` (N, S, S), the manifest ``rows``, ``stats`` (channel statistics and names, classes,
+    counts), optional ``masks`` (N, S, S) uint8 and ``boxes`` (per chip boxes or None, box class names)."""
+    np.save(out_dir / "chips.npy", images)
+    np.save(out_dir / "valid.npy", valid)
+    if boxes is not None:
+        per_chip, classes = boxes
+        (out_dir / BOX_CACHE).write_text(json.dumps({"classes": classes, "boxes": per_chip}) + "\n")
+    write_manifest(out_dir / "manifest.csv", rows)
+    if masks is not None:
+        np.save(out_dir / "masks.npy", masks)
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+
+def read_box_cache(folder: Path) -> tuple[list[np.ndarray | None] | None, list[str]]:
+    """Per chip (M, 5) float32 boxes (``None`` = unannotated) and the class names; ``(None, [])`` without a cache."""
+    path = folder / BOX_CACHE
+    if not path.exists():
+        return None, []
+    cache = json.loads(path.read_text())
+    boxes = [None if found is None else np.asarray(found, np.float32).reshape(-1, 5) for found in cache["boxes"]]
+    return boxes, list(cache["classes"])
 
 
 def write_manifest(path: Path, rows: list[dict[str, object]]) -> None:

@@ -26,7 +26,7 @@ object (whole-slide segmentations, which have no per-frame groups) by its positi
 order (:func:`_tiled_full_frames`); a frame without either cannot be placed and is counted in ``DecodedSegmentation.unplaced`` rather than guessed from its position.
 Several frames of one segment on the same image are OR-ed. Overlaps *between* segments are not resolved here:
 layers stay separate so that the caller can apply one rule over all objects of a folder
-(:mod:`pipeline.data.segmentations`).
+(:mod:`pipeline.ingest.segmentations`).
 """
 
 from __future__ import annotations

@@ -154,3 +154,37 @@ def load_exported_backbone(
 
 def provenance_dict(provenance: WeightsProvenance) -> dict[str, str]:
     return asdict(provenance)
+
+
+# Layers of a timm classifier that a features_only encoder does not have (EfficientNet's head conv + BN,
+# ResNet's fc, generic heads): the only backbone tensors a transfer may leave unused.
+HEAD_ONLY_PREFIXES = ("conv_head.", "bn2.", "fc.", "classifier.", "head.")
+
+
+def feature_twin(backbone: nn.Module, backbone_name: str, in_chans: int, out_indices: tuple[int, ...]) -> nn.Module:
+    """The timm ``features_only`` twin of ``backbone`` (feature maps at ``out_indices``) with exactly its weights:
+    the body a detector's FPN reads (raises if the transfer is not exact)."""
+    body = timm.create_model(backbone_name, pretrained=False, features_only=True, out_indices=out_indices,
+                             in_chans=in_chans)
+    transfer_encoder_weights(backbone, body)
+    return body
+
+
+def transfer_encoder_weights(backbone: nn.Module, encoder: nn.Module) -> list[str]:
+    """Copy every tensor of ``encoder`` (a features_only twin: smp's ``tu-`` encoder, a detector body) from
+    ``backbone``; return the (head-only) backbone keys left unused. An exact copy is what makes a segmentation or
+    detection result a statement about the backbone's initialisation.
+
+    Raises:
+        ValueError: an encoder tensor with no source, a shape mismatch, or a non-head tensor left over.
+    """
+    source, target = backbone.state_dict(), encoder.state_dict()
+    missing = [key for key in target if key not in source]
+    mismatched = [key for key in target if key in source and source[key].shape != target[key].shape]
+    unused = [key for key in source if key not in target]
+    unexpected = [key for key in unused if not key.startswith(HEAD_ONLY_PREFIXES)]
+    if missing or mismatched or unexpected:
+        raise ValueError(f"encoder weight transfer is not exact: missing {missing[:3]}, shape mismatch "
+                         f"{mismatched[:3]}, unused non-head tensors {unexpected[:3]}")
+    encoder.load_state_dict({key: source[key] for key in target}, strict=True)
+    return unused

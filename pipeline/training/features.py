@@ -1,5 +1,5 @@
 """Frozen-feature evaluation: feature extraction and weighted kNN (docs/background.md §2.1); the linear probe is in
-:mod:`pipeline.tasks.linear_probe`."""
+:mod:`pipeline.transfer.linear`."""
 
 from __future__ import annotations
 

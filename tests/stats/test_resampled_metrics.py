@@ -85,13 +85,33 @@ def _detections(rng, chips=10, classes=2):
     return truth, predicted
 
 
+def _torchmetrics_map(truth, predicted) -> dict[str, float]:
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    metric.update([{"boxes": torch.as_tensor(p[:, :4]).reshape(-1, 4), "scores": torch.as_tensor(p[:, 4]),
+                    "labels": torch.as_tensor(p[:, 5]).long()} for p in predicted],
+                  [{"boxes": torch.as_tensor(t[:, :4]).reshape(-1, 4), "labels": torch.as_tensor(t[:, 4]).long()}
+                   for t in truth])
+    scores = metric.compute()
+    return {"map50": float(scores["map_50"]), "map": float(scores["map"])}
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_map50_with_unit_weights_matches_torchmetrics(seed):
+def test_map_with_unit_weights_matches_torchmetrics(seed):
     truth, predicted = _detections(np.random.default_rng(seed))
     matches = detection_matches(truth, predicted)
     assert json.loads(json.dumps(matches)) == matches  # stored in the result file as it is
-    got = weighted_map(matches, np.ones((1, len(truth))))[0]
-    assert got == pytest.approx(detection_map(truth, predicted)["map50"], abs=1e-6)
+    reference = _torchmetrics_map(truth, predicted)
+    assert weighted_map(matches, np.ones((1, len(truth))))[0] == pytest.approx(reference["map50"], abs=1e-6)
+    assert detection_map(truth, predicted) == pytest.approx(reference, abs=1e-6)  # mAP@0.5:0.95 too
+
+
+def test_map_without_any_true_box_is_nan():
+    empty = [np.zeros((0, 5), np.float32)] * 2
+    found = [np.array([[1, 1, 5, 5, 0.9, 0]], np.float32)] * 2
+    assert all(np.isnan(value) for value in detection_map(empty, found).values())
 
 
 def _pycocotools_map50(truth, predicted, classes=2):
