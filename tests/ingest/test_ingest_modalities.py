@@ -1,7 +1,7 @@
 """Medical modalities through ingest: each preset reads its modalities as they mean, and nothing silently blank.
 
 References are independent: pydicom's own ``apply_voi_lut`` / ``apply_color_lut`` / decoder colour conversion,
-numpy percentiles, OpenCV resizes; the fixtures are generated here (tests/helpers/dicom_modalities.py).
+numpy percentiles, OpenCV resizes; the fixtures are generated here (tests/fixtures/dicom_modalities.py).
 """
 
 from __future__ import annotations

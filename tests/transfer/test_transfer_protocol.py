@@ -91,7 +91,8 @@ def test_the_start_is_kept_unless_the_best_checkpoints_gain_over_it_is_trusted()
     assert record["val_score"] == 0.8
     rising = [0.80, 0.81, 0.82, 0.83, 0.84, 0.85, 0.86]
     _, patient, _ = _scripted_run(rising + [0.1] * 4, patience=2, trusted=lambda: False)
-    assert not patient["stopped_early"] or patient["steps_run"] >= 8  # untrusted gains are still progress
+    # untrusted gains are still progress: it stops 2 validations after the last one (step 8), not after step 2
+    assert patient["stopped_early"] and patient["steps_run"] == 8 and patient["best_step"] == 0
 
 
 def test_the_lp_ft_margin_is_the_bootstrap_standard_error_of_the_paired_validation_difference():
