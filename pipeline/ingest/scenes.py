@@ -47,9 +47,7 @@ import numpy as np
 
 from pipeline.ingest.bands import match_band
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import (
-    GeoChip, SceneInfo, iter_chips, open_raster, read_scene_info, zero_invalid,
-)
+from pipeline.io.geotiff import GeoChip, SceneInfo, iter_chips, open_raster, read_scene_info
 from pipeline.io.geotiff_labels import VectorLabels, rasterize_labels, read_vector_labels
 from pipeline.io.geotiff_masks import LabelRaster
 from pipeline.io.geotiff_stack import band_token, find_band_files, iter_stack_chips, plan_band_stack

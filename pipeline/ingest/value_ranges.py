@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import zero_invalid
+from pipeline.io.geotiff_reads import zero_invalid
 
 MAX_FIT_PIXELS = 2_000_000  # per channel: a deterministic subsample keeps the fit's memory bounded
 

@@ -34,7 +34,7 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.warp import transform_geom
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import one_line
+from pipeline.io.geotiff_reads import one_line
 
 log = logging.getLogger(__name__)
 

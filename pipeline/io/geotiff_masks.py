@@ -16,7 +16,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import SceneInfo, affine_tuple, crs_string, one_line, open_raster
+from pipeline.io.geotiff import SceneInfo, affine_tuple, crs_string, open_raster
+from pipeline.io.geotiff_reads import one_line
 
 
 def _same_grid(src, scene: SceneInfo) -> bool:

@@ -36,10 +36,9 @@ from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 
 from pipeline.io import UnreadableImageError
-from pipeline.io.geotiff import (
-    GeoChip, affine_tuple, chip_transform, chip_windows, crs_string, mask_bands_for, one_line, open_raster,
-    read_plan, read_window, zero_invalid,
-)
+from pipeline.io.geotiff import (GeoChip, affine_tuple, chip_transform, chip_windows, crs_string, open_raster,
+                                 read_plan)
+from pipeline.io.geotiff_reads import mask_bands_for, one_line, read_window, zero_invalid
 
 log = logging.getLogger(__name__)
 
