@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import EvaluateConfig
 from pipeline.data.chips import MASK_IGNORE, ChipSet
+from pipeline.stats.resampled_metrics import iou_matrix
 from pipeline.transfer.linear import LinearProbes, linear_protocols
 from pipeline.transfer.protocol import run_protocols, seed_runs, stratified_subsets, task_result, test_units, \
     transfer_protocols
@@ -57,18 +58,9 @@ def box_prior(boxes: list[np.ndarray], max_detections: int, iou: float = 0.5) ->
         return np.zeros((0, 6), np.float32)
     every = np.concatenate(found).astype(np.float32)
     same_class = every[:, 4, None] == every[None, :, 4]
-    support = (((box_iou(every[:, :4], every[:, :4]) >= iou) & same_class).sum(axis=1) / max(1, len(boxes)))
+    support = (((iou_matrix(every[:, :4], every[:, :4]) >= iou) & same_class).sum(axis=1) / max(1, len(boxes)))
     keep = class_nms(every[:, :4], support.astype(np.float32), every[:, 4], iou)[:max_detections]
     return np.concatenate([every[keep, :4], support[keep, None].astype(np.float32), every[keep, 4:5]], axis=1)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes, in float32 like torchvision's ``box_iou``."""
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    low, high = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(high - low, 0, None).prod(axis=2)
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def class_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
@@ -82,7 +74,7 @@ def class_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: f
         keep.append(index)
         rest = order[position + 1:]
         rest = rest[(classes[rest] == classes[index]) & ~suppressed[rest]]
-        suppressed[rest[box_iou(boxes[index : index + 1], boxes[rest])[0] > iou]] = True
+        suppressed[rest[iou_matrix(boxes[index : index + 1], boxes[rest])[0] > iou]] = True
     return np.asarray(keep, dtype=np.int64)
 
 

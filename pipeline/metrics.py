@@ -89,10 +89,15 @@ def detection_map(truth: list[np.ndarray], predicted: list[np.ndarray]) -> dict[
         predicted: per chip (K, 6) x0, y0, x1, y1, score, class_index.
     Without any true box the average precision is undefined: both metrics are NaN then.
     """
-    unit = np.ones((1, len(truth)))
-    per_threshold = [weighted_map(detection_matches(truth, predicted, iou), unit)[0] for iou in COCO_IOU_THRESHOLDS]
+    per_threshold = [detection_ap_at(truth, predicted, iou) for iou in COCO_IOU_THRESHOLDS]
     defined = [value for value in per_threshold if not math.isnan(value)]
     return {"map50": float(per_threshold[0]), "map": float(np.mean(defined)) if defined else float("nan")}
+
+
+def detection_ap_at(truth: list[np.ndarray], predicted: list[np.ndarray], iou: float = 0.5) -> float:
+    """COCO mAP at one IoU threshold (NaN without a true box): what a detector's validation needs (mAP@0.5),
+    without matching at the nine other thresholds of mAP@0.5:0.95."""
+    return float(weighted_map(detection_matches(truth, predicted, iou), np.ones((1, len(truth))))[0])
 
 
 def summarise_runs(runs: list[dict[str, float]], names: tuple[str, ...] | None = None) -> dict[str, float]:

@@ -79,8 +79,8 @@ def weighted_miou(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return mean_of_defined(iou)
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of xyxy boxes."""
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of xyxy boxes, in the boxes' dtype."""
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     width = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
@@ -108,7 +108,7 @@ def detection_matches(truth: list[np.ndarray], predicted: list[np.ndarray], iou:
         boxes = boxes[np.argsort(-boxes[:, 4], kind="mergesort")[:max_detections]]
         for k in np.unique(boxes[:, 5]):
             mine, theirs = boxes[boxes[:, 5] == k], true_boxes[true_boxes[:, 4] == k]
-            overlaps = _iou_matrix(mine[:, :4], theirs[:, :4]) if len(theirs) else np.zeros((len(mine), 0))
+            overlaps = iou_matrix(mine[:, :4], theirs[:, :4]) if len(theirs) else np.zeros((len(mine), 0))
             taken = np.zeros(len(theirs), dtype=bool)
             for d in range(len(mine)):
                 candidates = np.where(~taken & (overlaps[d] >= iou), overlaps[d], -1.0)

@@ -149,14 +149,15 @@ def evaluate_classification(make_backbone: Callable[[], nn.Module], chips: ChipS
         model, record = fine_tune(task, make_backbone(), subset, val, settings, seed, compute)
         return task.predict(model, test), record
 
+    scoring = classification_scoring(chips, test)
     finetune = run_protocols(transfer_protocols(cfg, "finetune"),
-                             seed_runs(cfg.seeds, probes.subset, fit_predict, classification_scoring(chips, test),
+                             seed_runs(cfg.seeds, probes.subset, fit_predict, scoring,
                                        label=extra.get("init", "")))
     extra = {"linear_seeds": cfg.linear_seeds, **extra,
              "confusion": {"linear": linear["linear"].total.tolist(), "finetune": finetune["finetune"].total.tolist()},
              "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0]),
              "finetune_budget": training_budget(settings, "evaluate.finetune")}
-    return task_result(classification_scoring(chips, test), cfg, cfg.seeds, test_units(chips, test),
+    return task_result(scoring, cfg, cfg.seeds, test_units(chips, test),
                        {**linear, **finetune}, extra)
 
 

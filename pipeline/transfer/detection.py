@@ -30,7 +30,7 @@ from pipeline.config import DetectionConfig, EvaluateConfig
 from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser
 from pipeline.data.subsets import epoch_batches, validation_subset
-from pipeline.metrics import detection_map
+from pipeline.metrics import detection_ap_at
 from pipeline.models.backbone import feature_twin
 from pipeline.runtime import Compute
 from pipeline.transfer.engine import TransferTask, fine_tune, predict_in_batches
@@ -151,7 +151,7 @@ class DetectionTask(TransferTask):
         return predict_boxes(model, self.chips, indices, self.compute)
 
     def validation_score(self, val: np.ndarray, predicted: list[np.ndarray]) -> float:
-        return detection_map([self.chips.boxes[i] for i in val], predicted)["map50"]
+        return detection_ap_at([self.chips.boxes[i] for i in val], predicted, 0.5)
 
 
 def predict_boxes(model: nn.Module, chips: ChipSet, indices: np.ndarray, compute: Compute = Compute(),
@@ -181,11 +181,12 @@ def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: st
         model, record = fine_tune(task, make_backbone(), subset, val, settings, seed, compute)
         return task.predict(model, test), record
 
+    scoring = detection_scoring(chips, test)
     done = run_protocols(transfer_protocols(cfg, "det"),
-                         seed_runs(cfg.seeds, stratified_subsets(chips, train), fit_predict, detection_scoring(chips, test),
+                         seed_runs(cfg.seeds, stratified_subsets(chips, train), fit_predict, scoring,
                                    describe=lambda subset: {"n_label_boxes": int(sum(len(chips.boxes[i]) for i in subset))},
                                    label=extra.get("init", "")))
     extra = {**detection_extra(chips, test, done["finetune"].first), "architecture": settings.architecture,
              "finetune_budget": training_budget(settings, "evaluate.detection"), **extra}
-    return task_result(detection_scoring(chips, test), cfg, cfg.seeds, test_units(chips, test, labelled=False), done,
+    return task_result(scoring, cfg, cfg.seeds, test_units(chips, test, labelled=False), done,
                        extra)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.metrics import classification_metrics, detection_map, segmentation_confusion, segmentation_metrics
+from pipeline.metrics import classification_metrics, detection_ap_at, detection_map, segmentation_confusion, segmentation_metrics
 from pipeline.stats.resampled_metrics import (
     detection_matches, segmentation_counts, weighted_auroc, weighted_map, weighted_miou,
 )
@@ -106,6 +106,7 @@ def test_map_with_unit_weights_matches_torchmetrics(seed):
     reference = _torchmetrics_map(truth, predicted)
     assert weighted_map(matches, np.ones((1, len(truth))))[0] == pytest.approx(reference["map50"], abs=1e-6)
     assert detection_map(truth, predicted) == pytest.approx(reference, abs=1e-6)  # mAP@0.5:0.95 too
+    assert detection_ap_at(truth, predicted, 0.5) == pytest.approx(reference["map50"], abs=1e-6)  # validation's
 
 
 def test_map_without_any_true_box_is_nan():
