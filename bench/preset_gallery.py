@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.report.tables import figures
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.data.chips import load_chipset
 from pipeline.ingest.folder import ingest_folder
 from pipeline.presets import PRESETS

@@ -1,6 +1,7 @@
 """DVC stage: one metrics file for `dvc exp show`, label-efficiency CSVs, figures, report.md and report.html."""
 
 import hashlib
+import os
 import platform
 from importlib.metadata import version
 from pathlib import Path
@@ -46,4 +47,5 @@ if __name__ == "__main__":
         domains={domain: PRESETS[config.domain(domain).preset] for domain in config.grid.domains},
         label_fraction=config.evaluate.label_fraction, label_fractions=list(config.evaluate.label_fractions),
         seed=config.seed, image_size=simclr.image_size, projection_dim=simclr.projection_dim, provenance=provenance,
+        workers=config.runtime.parallel_runs or os.cpu_count() or 1,
     ))

@@ -14,10 +14,12 @@ from pipeline.runtime import Compute, resolve_compute
 
 
 def stage_compute(config: Config) -> Compute:
-    """Device and precision from ``runtime.*``; under torchrun each rank takes GPU ``LOCAL_RANK``."""
+    """Device, precision and side-by-side runs from ``runtime.*``; under torchrun each rank takes GPU
+    ``LOCAL_RANK``."""
     try:
         return resolve_compute(
-            config.runtime.device, config.runtime.precision, int(os.environ.get("LOCAL_RANK", "0")), config.runtime.compile
+            config.runtime.device, config.runtime.precision, int(os.environ.get("LOCAL_RANK", "0")), config.runtime.compile,
+            config.runtime.parallel_runs, config.runtime.torch_threads,
         )
     except ValueError as error:
         sys.exit(f"error: params.yaml: {error}")
@@ -29,7 +31,7 @@ class BackboneFactory:
 
     def __init__(self, config: Config, domain: str, init: str, in_chans: int):
         self.config, self.domain, self.init, self.in_chans = config, domain, init, in_chans
-        self.provenance: dict = {}
+        self.built: dict = {}
 
     def __call__(self) -> nn.Module:
         model, weights = create_backbone(
@@ -37,5 +39,12 @@ class BackboneFactory:
             imagenet_weights=self.config.model.imagenet_weights,
             simclr_export=Path(self.config.paths.pretrain) / self.domain,
         )
-        self.provenance = provenance_dict(weights)
+        self.built = provenance_dict(weights)
         return model
+
+    @property
+    def provenance(self) -> dict:
+        """Where the weights came from; builds them once here when every build ran in a side-by-side process."""
+        if not self.built:
+            self()
+        return self.built

@@ -37,7 +37,8 @@ import time
 import traceback
 
 PRELOAD = ("torch", "torchvision", "timm", "segmentation_models_pytorch", "sklearn.linear_model", "sklearn.manifold",
-           "albumentations", "scipy.stats", "pydantic", "yaml")
+           "albumentations", "scipy.stats", "pydantic", "yaml", "matplotlib.figure",
+           "matplotlib.backends.backend_agg")
 VOLATILE_ENV = ("DVC_", "PWD", "OLDPWD", "SHLVL", "_")  # differ between calls without changing what a stage computes
 START_TIMEOUT_S = 180
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,20 +90,51 @@ def load_chipset(folder: str | Path) -> ChipSet:
     )
 
 
-def write_chipset(out_dir: Path, images: np.ndarray, valid: np.ndarray, rows: list[dict[str, object]], stats: dict,
-                  masks: np.ndarray | None = None, boxes: tuple[list, list[str]] | None = None) -> None:
+def write_chipset(out_dir: Path, images: Sequence[np.ndarray], valid: Sequence[np.ndarray], rows: list[dict[str, object]],
+                  stats: dict, masks: Sequence[np.ndarray | None] | None = None,
+                  boxes: tuple[list, list[str]] | None = None) -> None:
     """Write the cache into ``out_dir`` (the caller renames the folder into place): ``images`` (N, C, S, S)
     float32, ``valid`` (N, S, S), the manifest ``rows``, ``stats`` (channel statistics and names, classes,
-    counts), optional ``masks`` (N, S, S) uint8 and ``boxes`` (per chip boxes or None, box class names)."""
-    np.save(out_dir / "chips.npy", images)
-    np.save(out_dir / "valid.npy", valid)
+    counts), optional ``masks`` (N, S, S) uint8 (a chip's None = all ignored) and ``boxes`` (per chip boxes or
+    None, box class names). The arrays may be any sequences of per-chip arrays (e.g. ingest's spilled chips):
+    they are written chip by chip, never stacked in memory."""
+    write_stacked(out_dir / "chips.npy", images, np.float32)
+    write_stacked(out_dir / "valid.npy", valid, np.bool_)
     if boxes is not None:
         per_chip, classes = boxes
         (out_dir / BOX_CACHE).write_text(json.dumps({"classes": classes, "boxes": per_chip}) + "\n")
     write_manifest(out_dir / "manifest.csv", rows)
     if masks is not None:
-        np.save(out_dir / "masks.npy", masks)
+        size = np.shape(valid[0])
+        write_stacked(out_dir / "masks.npy", (np.full(size, MASK_IGNORE, np.uint8) if mask is None else mask
+                                             for mask in masks), np.uint8, count=len(masks), shape=size)
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+
+def write_stacked(path: Path, arrays: Iterable[np.ndarray], dtype: np.dtype | type | None = None,
+                  count: int | None = None, shape: tuple[int, ...] | None = None, chunk: int = 256) -> None:
+    """Same-shaped arrays as one (N, …) ``.npy``, ``chunk`` at a time: the bytes of ``np.save(np.stack(arrays))``
+    without the stack in memory. ``count`` and ``shape`` default to ``len(arrays)`` and the first array's;
+    ``dtype`` to the first array's."""
+    count = len(arrays) if count is None else count
+    stream_of = iter(arrays)
+    first = next(stream_of)
+    dtype = np.dtype(first.dtype if dtype is None else dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": (count, *(np.shape(first) if shape is None else shape))}
+    written = 0
+    with open(path, "wb") as stream:
+        np.lib.format.write_array_header_1_0(stream, header)
+        buffer = [first]
+        for array in stream_of:
+            if len(buffer) == chunk:
+                stream.write(np.ascontiguousarray(np.stack(buffer), dtype=dtype).data)
+                written, buffer = written + len(buffer), []
+            buffer.append(array)
+        stream.write(np.ascontiguousarray(np.stack(buffer), dtype=dtype).data)
+        written += len(buffer)
+    if written != count:
+        raise ValueError(f"{path.name}: {written} arrays written, {count} announced")
 
 
 def read_box_cache(folder: Path) -> tuple[list[np.ndarray | None] | None, list[str]]:
@@ -123,18 +155,25 @@ def write_manifest(path: Path, rows: list[dict[str, object]]) -> None:
             writer.writerow({key: row.get(key, "") for key in MANIFEST_FIELDS})
 
 
-def channel_statistics(images: np.ndarray, valid: np.ndarray, max_pixels: int = 2_000_000) -> tuple[list, list]:
+def channel_statistics(images: Iterable[np.ndarray], valid: Iterable[np.ndarray],
+                       max_pixels: int = 2_000_000) -> tuple[list, list]:
     """Robust per-channel mean/std over valid pixels: values clipped to their 2–98 percentiles first.
 
-    Clipping keeps a few saturated pixels (bone, clouds, specular water) from inflating the std.
-    Args:
-        images: (N, C, S, S) train-split chips. valid: (N, S, S).
+    Clipping keeps a few saturated pixels (bone, clouds, specular water) from inflating the std. Above
+    ``max_pixels`` valid pixels, a regular subsample of every ``P // max_pixels + 1``-th (in chip, row, column
+    order) keeps memory bounded; the chips are read one at a time, twice (count, then sample), so ``images``
+    and ``valid`` may be lazy sequences of the train split's (C, S, S) chips and (S, S) masks.
     """
-    if len(images) == 0:
+    total = sum(int(np.count_nonzero(mask)) for mask in valid)
+    if total == 0 and not any(True for _ in images):
         raise ValueError("no training chips to compute normalisation statistics from")
-    per_channel = np.moveaxis(np.asarray(images), 1, 0)[:, np.asarray(valid)]  # (C, P)
-    if per_channel.shape[1] > max_pixels:  # deterministic subsample keeps memory bounded
-        per_channel = per_channel[:, :: per_channel.shape[1] // max_pixels + 1]
+    step = total // max_pixels + 1 if total > max_pixels else 1
+    sampled, seen = [], 0
+    for image, mask in zip(images, valid):
+        pixels = np.asarray(image)[:, np.asarray(mask)]  # (C, p) in row-major order
+        sampled.append(pixels[:, (-seen) % step::step])
+        seen += pixels.shape[1]
+    per_channel = np.concatenate(sampled, axis=1)
     low, high = np.percentile(per_channel, [2, 98], axis=1)
     clipped = np.clip(per_channel, low[:, None], high[:, None])
     mean = clipped.mean(axis=1)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DicomOptions, FileVoiChannel, PercentileChannel
+from pipeline.config_data import DicomOptions, FileVoiChannel, PercentileChannel
 from pipeline.ingest.phi import pseudonymise
 from pipeline.ingest.sources import (
     SIDE_FILES, FileChips, FileTask, chip_mask, failed_file, letterbox_chip, read_raster_mask,

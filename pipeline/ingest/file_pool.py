@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.chips import write_stacked
 from pipeline.ingest.sources import FileChips, FileTask
 
 # Results with more chip bytes than this go through a file; 8 MiB is ~130 four-band 64² chips.
@@ -92,17 +93,6 @@ def _started(function: Callable[[FileTask], FileChips]) -> bool:
 
 def _read_chunk(function, tasks: Sequence[FileTask], start: int, folder: Path) -> list[FileChips]:
     return [spill_large(function(task), folder, str(start + offset)) for offset, task in enumerate(tasks)]
-
-
-def write_stacked(path: Path, arrays: list[np.ndarray]) -> None:
-    """Save same-shaped arrays as one (N, …) ``.npy`` without stacking them in memory first."""
-    first = arrays[0]
-    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
-              "shape": (len(arrays), *first.shape)}
-    with open(path, "wb") as stream:
-        np.lib.format.write_array_header_1_0(stream, header)
-        for array in arrays:
-            stream.write(np.ascontiguousarray(array, dtype=first.dtype).data)
 
 
 def spill_large(result: FileChips, folder: Path, name: str) -> FileChips:

@@ -16,16 +16,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.boxes import boxes_for_chips
 from pipeline.data.chips import MASK_IGNORE, channel_statistics, write_chipset
 from pipeline.ingest.file_pool import read_in_order
+from pipeline.ingest.spill import SpilledArrays
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.dicom_source import normalise_deferred
 from pipeline.ingest.phi import PathRedactor, phi_salt
@@ -146,7 +148,38 @@ class IngestedChips:
     def keep_chips(self, keep: list[bool]) -> None:
         """Drop the chips where ``keep`` is False from every per-chip list."""
         for name in ("images", "valid", "rows", "masks", "deferred", "range_group"):
-            setattr(self, name, [value for value, kept in zip(getattr(self, name), keep) if kept])
+            values = getattr(self, name)
+            if isinstance(values, SpilledArrays):
+                values.keep(keep)
+            else:
+                setattr(self, name, [value for value, kept in zip(values, keep) if kept])
+
+    def spill_to(self, folder: Path) -> None:
+        """Keep the chips, valid masks and segmentation masks in files below ``folder`` from now on (before the
+        first :meth:`add`), so memory does not grow with the number of chips."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.images = SpilledArrays(folder / "images.bin", np.float32)
+        self.valid = SpilledArrays(folder / "valid.bin", np.bool_)
+        self.masks = SpilledArrays(folder / "masks.bin", np.uint8, fill=MASK_IGNORE)
+
+    def close(self) -> None:
+        """Delete the spilled files and their folder, if any."""
+        folders = set()
+        for values in (self.images, self.valid, self.masks):
+            if isinstance(values, SpilledArrays):
+                values.close()
+                folders.add(values.path.parent)
+        for folder in folders:
+            folder.rmdir()  # it held only the spilled files
+
+    def subset(self, name: str, indexes: list[int]) -> Sequence:
+        """The chips (``name``: images / valid) at ``indexes``, read lazily when they are spilled."""
+        values = getattr(self, name)
+        return values.subset(indexes) if isinstance(values, SpilledArrays) else [values[i] for i in indexes]
+
+    def has_masks(self) -> bool:
+        return self.masks.any_present() if isinstance(self.masks, SpilledArrays) else \
+            any(mask is not None for mask in self.masks)
 
     def map_pending_ranges(self, splits: list[str], cfg: DomainDataConfig) -> tuple[dict, list[str]]:
         """Fit each range group's per-channel value range on its train-split chips (all its chips when it has no
@@ -165,12 +198,12 @@ class IngestedChips:
                 groups[group] = {"from": "no chip in the train split: not mapped, its chips left out",
                                  "chips": len(members)}
                 continue
-            low, high = fit_range([self.images[i] for i in train], [self.valid[i] for i in train], percentiles)
+            low, high = fit_range(self.subset("images", train), self.subset("valid", train), percentiles)
             counts = ClipCounts()
             for i in members:
                 counts.add(clip_counts(self.images[i], self.valid[i], low, high))
                 self.images[i] = to_unit(self.images[i], self.valid[i], low, high)
-            constant = constant_chips([self.images[i] for i in members], [self.valid[i] for i in members])
+            constant = constant_chips(self.subset("images", members), self.subset("valid", members))
             for i, flag in zip(members, constant):
                 if flag:
                     self.files[str(self.rows[i]["source"])].dropped_constant += 1
@@ -209,8 +242,9 @@ def _no_chip_reason(outcome: FileOutcome) -> str:
 
 
 def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False,
-                domain: str = "") -> IngestedChips:
-    """Read every file of one kind below ``source``, in sorted order whatever the number of workers."""
+                domain: str = "", spill_dir: Path | None = None) -> IngestedChips:
+    """Read every file of one kind below ``source``, in sorted order whatever the number of workers; with
+    ``spill_dir``, the chips go to files there as they are read (call the result's ``close`` when done)."""
     kind = SOURCE_KINDS[reader]
     labels = read_labels_csv(source)
     class_names = read_class_names(source, list(labels.values()))
@@ -228,15 +262,21 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
                       channel_names=plan.channel_names if plan else None) for path in found.images]
     out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes,
                         band_plan=plan.summary if plan else {})
-    out.add_label_objects(found, strict)
-    for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
-        rejected_before = len(out.rejected)
-        if not (strict and (result.rejected or result.skipped)):
-            out.add(result)
-        if strict and (result.rejected or result.skipped or len(out.rejected) > rejected_before):
-            redact = PathRedactor(out.identifiers | set(result.phi), salt)
-            raise IngestError(redact.text(result.rejected or result.skipped or out.rejected[-1]["reason"]))
-    out.finalise(tuple(cfg.dicom.percentiles))
+    if spill_dir is not None:
+        out.spill_to(spill_dir)
+    try:
+        out.add_label_objects(found, strict)
+        for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
+            rejected_before = len(out.rejected)
+            if not (strict and (result.rejected or result.skipped)):
+                out.add(result)
+            if strict and (result.rejected or result.skipped or len(out.rejected) > rejected_before):
+                redact = PathRedactor(out.identifiers | set(result.phi), salt)
+                raise IngestError(redact.text(result.rejected or result.skipped or out.rejected[-1]["reason"]))
+        out.finalise(tuple(cfg.dicom.percentiles))
+    except BaseException:
+        out.close()
+        raise
     out.classes = read_class_names(source, list(labels.values()) + [str(r["label"]) for r in out.rows])
     return out
 
@@ -276,7 +316,16 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     """
     if not source.is_dir():
         raise FileNotFoundError(f"data source {source} is not a folder")
-    found = read_folder(source, cfg, preset.reader, workers, strict, domain)
+    found = read_folder(source, cfg, preset.reader, workers, strict, domain, spill_dir=out_dir / ".spill")
+    try:
+        return _split_and_write(found, source, cfg, preset, seed, out_dir, domain, source_label)
+    finally:
+        found.close()
+
+
+def _split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int,
+                     out_dir: Path, domain: str, source_label: str | None) -> dict:
+    """Everything after reading: splits, value ranges, train-only statistics, the cache and its report."""
     redact = PathRedactor(found.identifiers, phi_salt())
     label = redact.text(str(source if source_label is None else source_label))
     if not found.images:
@@ -297,18 +346,16 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     keep = [i for i, split in enumerate(splits) if split != "buffer"]
     rows = [{**found.rows[i], "split": str(splits[i]), "chip_id": n} for n, i in enumerate(keep)]
     check_no_leakage([LEAKAGE_UNITS[preset.split](row, cfg) for row in rows], [row["split"] for row in rows])
-    images = np.stack([found.images[i] for i in keep]).astype(np.float32, copy=False)
-    valid = np.stack([found.valid[i] for i in keep])
-    train = np.array([row["split"] == "train" for row in rows])
-    mean, std = channel_statistics(images[train], valid[train])
-    masks = _stacked_masks([found.masks[i] for i in keep], cfg.chip_size)
+    train = [i for i, row in zip(keep, rows) if row["split"] == "train"]
+    mean, std = channel_statistics(found.subset("images", train), found.subset("valid", train))
+    masks = found.subset("masks", keep) if found.has_masks() else None
     mask_classes = found.mask_classes if masks is not None else []
     counts = {split: dict(sorted(Counter(r["label"] or "<unlabelled>" for r in rows if r["split"] == split).items()))
               for split in ("train", "val", "test")}
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,
              "chip_size": cfg.chip_size, "counts": counts, "mask_classes": mask_classes,
              "statistics_from": "train split, 2-98 % clipped", **({"value_range": value_range} if value_range else {})}
-    write_chipset(out_dir, images, valid, [{**row, "source": redact.path(str(row["source"]))} for row in rows], stats,
+    write_chipset(out_dir, found.subset("images", keep), found.subset("valid", keep), [{**row, "source": redact.path(str(row["source"]))} for row in rows], stats,
                   masks, boxes_for_chips(rows, source, cfg.chip_size))  # boxes from the source's real paths
     report = {"source": label, **outcome_report(found, len(rows), len(splits) - len(keep), counts, redact)}
     if value_range:
@@ -316,14 +363,6 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("ingested %d chips from %s: %s", len(rows), label, report["files"])
     return report
-
-
-def _stacked_masks(masks: list[np.ndarray | None], size: int) -> np.ndarray | None:
-    """(N, S, S) uint8 when any chip has a mask; chips without one are all 255 (ignored)."""
-    if all(mask is None for mask in masks):
-        return None
-    ignore = np.full((size, size), MASK_IGNORE, np.uint8)
-    return np.stack([ignore if mask is None else mask for mask in masks])
 
 
 def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict,

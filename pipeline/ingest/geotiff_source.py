@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from pipeline.config import DomainDataConfig, GeoTiffOptions
+from pipeline.config_data import DomainDataConfig, GeoTiffOptions
 from pipeline.ingest.bands import canonical_band, choose_band_set
 from pipeline.ingest.scenes import (
     GDAL_CACHE_BYTES, ChipLabels, Scene, list_scenes, open_chip_labels, open_scene, scene_bands,

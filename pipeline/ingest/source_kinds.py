@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.dicom_source import list_dicom_files, read_dicom_file
 from pipeline.ingest.geotiff_source import ScenePlan, list_geotiff_files, plan_scenes, read_geotiff_file
 from pipeline.ingest.segmentations import FolderLabels, find_dicom_labels

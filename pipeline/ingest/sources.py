@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.value_ranges import ClipCounts
 from pipeline.data.chips import MASK_IGNORE
 from pipeline.io import UnreadableImageError

@@ -47,6 +47,7 @@ class ReportInputs:
     image_size: int  # SimCLR view size, for the augmentation gallery
     projection_dim: int
     provenance: dict[str, str] = field(default_factory=dict)  # params, versions, hardware: from the stage
+    workers: int = 1  # bootstraps side by side (forked processes); results do not depend on it
 
 
 def build_report(inputs: ReportInputs) -> dict:
@@ -58,7 +59,7 @@ def build_report(inputs: ReportInputs) -> dict:
     metrics = collect_metrics(results, inputs.pretrain_dir, segmentation, detection)
     comparisons = compare_all({domain: {task: by_init for task, by_init in (
         ("cls", results[domain]), ("seg", segmentation[domain]), ("det", detection[domain])) if by_init}
-        for domain in domains}, inputs.seed)
+        for domain in domains}, inputs.seed, inputs.workers)
     headline = headline_metrics(metrics, comparisons, inputs.label_fraction)
     write_json(inputs.reports_dir / "metrics.json", headline)
     write_json(inputs.reports_dir / "results.json", {"summaries": metrics,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pipeline.protocols import PRIMARY_METRIC, fraction_of, partner_protocol
+from pipeline.side_by_side import map_side_by_side
 from pipeline.stats.paired_bootstrap import PairedDifference, Scorer, holm_adjusted, paired_difference
 from pipeline.stats.resampled_metrics import weighted_auroc, weighted_map, weighted_miou
 
@@ -111,20 +112,14 @@ def compare_runs(domain: str, task: str, protocol: str, simclr: dict, other_name
     return Comparison(domain, task, protocol, fraction_of(protocol, simclr), other_name, difference)
 
 
-def compare_all(results: dict[str, dict[str, dict[str, dict]]], seed: int) -> list[Comparison]:
+def compare_all(results: dict[str, dict[str, dict[str, dict]]], seed: int, workers: int = 1) -> list[Comparison]:
     """domain → task → init → result: every SimCLR comparison, one per distinct label fraction of a protocol
-    kind, with Holm-adjusted p-values over all of them."""
-    found = []
-    for domain, tasks in results.items():
-        for task, by_init in tasks.items():
-            if "simclr" not in by_init:
-                continue
-            for protocol in _distinct_protocols(by_init["simclr"]):
-                for other in COMPARED_WITH:
-                    if other in by_init:
-                        comparison = compare_runs(domain, task, protocol, by_init["simclr"], other, by_init[other],
-                                                  seed)
-                        found += [comparison] if comparison else []
+    kind, with Holm-adjusted p-values over all of them. The bootstraps (most of the report's time) run
+    ``workers`` side by side; each draws from its own stream, so the result does not depend on ``workers``."""
+    planned = [(domain, task, protocol, by_init["simclr"], other, by_init[other], seed)
+               for domain, tasks in results.items() for task, by_init in tasks.items() if "simclr" in by_init
+               for protocol in _distinct_protocols(by_init["simclr"]) for other in COMPARED_WITH if other in by_init]
+    found = [c for c in map_side_by_side(lambda arguments: compare_runs(*arguments), planned, workers) if c]
     adjusted = holm_adjusted([c.difference.p_value for c in found])
     return [replace(c, adjusted_p=p) for c, p in zip(found, adjusted)]
 

@@ -152,7 +152,7 @@ def evaluate_classification(make_backbone: Callable[[], nn.Module], chips: ChipS
     scoring = classification_scoring(chips, test)
     finetune = run_protocols(transfer_protocols(cfg, "finetune"),
                              seed_runs(cfg.seeds, probes.subset, fit_predict, scoring,
-                                       label=extra.get("init", "")))
+                                       label=extra.get("init", ""), map_runs=compute.map_runs))
     extra = {"linear_seeds": cfg.linear_seeds, **extra,
              "confusion": {"linear": linear["linear"].total.tolist(), "finetune": finetune["finetune"].total.tolist()},
              "embedding_2d": embedding_2d(test_features, chips.labels[test], cfg.seeds[0]),

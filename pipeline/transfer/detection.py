@@ -185,7 +185,7 @@ def evaluate_detection(make_backbone: Callable[[], nn.Module], backbone_name: st
     done = run_protocols(transfer_protocols(cfg, "det"),
                          seed_runs(cfg.seeds, stratified_subsets(chips, train), fit_predict, scoring,
                                    describe=lambda subset: {"n_label_boxes": int(sum(len(chips.boxes[i]) for i in subset))},
-                                   label=extra.get("init", "")))
+                                   label=extra.get("init", ""), map_runs=compute.map_runs))
     extra = {**detection_extra(chips, test, done["finetune"].first), "architecture": settings.architecture,
              "finetune_budget": training_budget(settings, "evaluate.detection"), **extra}
     return task_result(scoring, cfg, cfg.seeds, test_units(chips, test, labelled=False), done,

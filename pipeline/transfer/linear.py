@@ -53,20 +53,23 @@ def probe_as_linear_layer(probe: Pipeline, num_classes: int) -> tuple[np.ndarray
 
 
 class LinearProbes:
-    """The linear probe of each (label fraction, seed) subset, fitted once: the linear protocol scores it and
-    LP-FT starts its head from it."""
+    """The linear probe of each (label fraction, seed) subset, fitted once (and once per distinct subset): the
+    linear protocol scores it and LP-FT starts its head from it."""
 
     def __init__(self, chips: ChipSet, train: np.ndarray, train_features: np.ndarray, cfg: EvaluateConfig):
         self.train, self.labels, self.features, self.cfg = train, chips.labels[train], train_features, cfg
         self.fitted: dict[tuple[float, int], tuple[np.ndarray, Pipeline]] = {}
+        self.by_subset: dict[bytes, Pipeline] = {}  # the fit is deterministic: one subset, one fit
 
     def __call__(self, fraction: float, seed: int) -> tuple[np.ndarray, Pipeline]:
         """(chip indexes of the subset, the fitted probe)."""
         if (fraction, seed) not in self.fitted:
             positions = label_subset(self.labels, fraction, seed)
-            self.fitted[fraction, seed] = self.train[positions], fit_linear_probe(
+            same = self.by_subset.get(positions.tobytes())  # e.g. 100 %: every seed draws every chip
+            self.fitted[fraction, seed] = self.train[positions], same if same is not None else fit_linear_probe(
                 self.features[positions], self.labels[positions], self.cfg.linear.inverse_regularisation,
                 self.cfg.linear.max_iter)
+            self.by_subset[positions.tobytes()] = self.fitted[fraction, seed][1]
         return self.fitted[fraction, seed]
 
     def subset(self, fraction: float, seed: int) -> np.ndarray:

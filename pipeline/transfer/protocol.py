@@ -55,41 +55,56 @@ def transfer_protocols(cfg: EvaluateConfig, task: str, family: str = "finetune")
     return protocols
 
 
-def run_protocols(protocols: dict[str, float], run_fraction: Callable[[float], FractionRuns]) -> dict[str, FractionRuns]:
-    """``run_fraction`` once per distinct fraction (runs are deterministic, so the headline is not re-run)."""
-    done: dict[float, FractionRuns] = {}
-    for fraction in protocols.values():
-        if fraction not in done:
-            done[fraction] = run_fraction(fraction)
+RunMapper = Callable[[Callable, list], list]  # ``map(run, items)`` in order, perhaps side by side
+
+
+def serial_runs(run: Callable, items: list) -> list:
+    return [run(item) for item in items]
+
+
+def run_protocols(protocols: dict[str, float],
+                  run_fractions: Callable[[list[float]], dict[float, FractionRuns]]) -> dict[str, FractionRuns]:
+    """Each distinct fraction runs once (runs are deterministic, so the headline is not re-run), all of them in
+    one ``run_fractions`` call so that their runs can go side by side."""
+    done = run_fractions(list(dict.fromkeys(protocols.values())))
     return {protocol: done[fraction] for protocol, fraction in protocols.items()}
 
 
 def seed_runs(seeds: list[int], subset_of: Callable[[float, int], np.ndarray],
               fit_predict: Callable[[float, int, np.ndarray], tuple[object, dict | None]], scoring: TaskScoring,
-              describe: Callable[[np.ndarray], dict] = lambda subset: {}, label: str = ""
-              ) -> Callable[[float], FractionRuns]:
-    """The runs of one label fraction: per seed, its subset (``subset_of(fraction, seed)``, chip indexes) →
-    ``fit_predict(fraction, seed, subset)`` (raw test predictions and the training record, None where nothing
-    trains) → scored."""
+              describe: Callable[[np.ndarray], dict] = lambda subset: {}, label: str = "",
+              map_runs: RunMapper = serial_runs) -> Callable[[list[float]], dict[float, FractionRuns]]:
+    """The runs of the given label fractions: per fraction and seed, its subset (``subset_of(fraction, seed)``,
+    chip indexes, drawn here) → ``fit_predict(fraction, seed, subset)`` (raw test predictions and the training
+    record, None where nothing trains; through ``map_runs``, so perhaps in another process) → scored here."""
 
-    def at(fraction: float) -> FractionRuns:
-        done = FractionRuns()
-        for seed in seeds:
-            subset = subset_of(fraction, seed)
-            predicted, record = fit_predict(fraction, seed, subset)
-            metrics = scoring.metrics(predicted)
-            done.runs.append({"seed": seed, "n_labels": len(subset), **describe(subset), **metrics,
-                              **({"training": record} if record else {})})
-            done.outputs.append(scoring.stored(predicted))
-            if scoring.accumulate is not None:
-                total = scoring.accumulate(predicted)
-                done.total = total if done.total is None else done.total + total
-            done.first = predicted if done.first is None else done.first
+    def at(fractions: list[float]) -> dict[float, FractionRuns]:
+        plan = [(fraction, seed, subset_of(fraction, seed)) for fraction in fractions for seed in seeds]
+        longest_first = sorted(range(len(plan)), key=lambda i: -len(plan[i][2]))  # side by side, none starts last
+        outcomes = dict(zip(longest_first, map_runs(lambda run: fit_predict(*run), [plan[i] for i in longest_first])))
+        outcomes = [outcomes[i] for i in range(len(plan))]
+        done = {fraction: FractionRuns() for fraction in fractions}
+        for (fraction, seed, subset), (predicted, record) in zip(plan, outcomes):
+            metrics = add_run(done[fraction], scoring, predicted,
+                              {"seed": seed, "n_labels": len(subset), **describe(subset)}, record)
             log.info("%s %s %g%% labels, seed %d: %s", scoring.name, label, fraction * 100, seed,
                      ", ".join(f"{name} {metrics[name]:.3f}" for name in list(metrics)[:2]))
         return done
 
     return at
+
+
+def add_run(runs: FractionRuns, scoring: TaskScoring, predicted: object, identity: dict, record: dict | None) -> dict:
+    """Score one run's raw test predictions and append it (the first run's predictions are kept raw); returns
+    its metrics."""
+    metrics = scoring.metrics(predicted)
+    runs.runs.append({**identity, **metrics, **({"training": record} if record else {})})
+    runs.outputs.append(scoring.stored(predicted))
+    if scoring.accumulate is not None:
+        total = scoring.accumulate(predicted)
+        runs.total = total if runs.total is None else runs.total + total
+    runs.first = predicted if runs.first is None else runs.first
+    return metrics
 
 
 def stratified_subsets(chips: ChipSet, train: np.ndarray) -> Callable[[float, int], np.ndarray]:

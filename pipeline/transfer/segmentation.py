@@ -132,7 +132,8 @@ def evaluate_segmentation(make_backbone: Callable[[], nn.Module], backbone_name:
 
     scoring = segmentation_scoring(chips, test)
     done = run_protocols(transfer_protocols(cfg, "seg"), seed_runs(cfg.seeds, stratified_subsets(chips, train),
-                                                                   fit_predict, scoring, label=extra.get("init", "")))
+                                                                   fit_predict, scoring, label=extra.get("init", ""),
+                                                                   map_runs=compute.map_runs))
     first = done["finetune"].first
     extra = {"classes": chips.mask_classes, "architecture": settings.architecture,
              "finetune_budget": training_budget(settings, "evaluate.segmentation"),

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError, DomainDataConfig, load_config, parse_config
+from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.config_data import DomainDataConfig
 from pipeline.data.chips import load_chipset
 from pipeline.ingest.folder import ingest_folder
 from pipeline.presets import PRESETS

@@ -23,7 +23,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.data.chips import load_chipset
 from pipeline.ingest.folder import IngestError, IngestFailed, ingest_folder
 from pipeline.presets import PRESETS

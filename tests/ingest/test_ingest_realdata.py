@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.folder import ingest_folder
 from pipeline.presets import PRESETS
 from tests.fixtures.paths import REALDATA

@@ -22,7 +22,7 @@ from pydicom.uid import (
     CTImageStorage, RTStructureSetStorage, SegmentationStorage, generate_uid,
 )
 
-from pipeline.config import DomainDataConfig
+from pipeline.config_data import DomainDataConfig
 from pipeline.data.chips import load_chipset
 from pipeline.ingest.folder import IngestError, ingest_folder
 from pipeline.io import UnreadableImageError

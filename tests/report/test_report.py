@@ -18,7 +18,8 @@ from pipeline.config import EvaluateConfig, FinetuneConfig
 from pipeline.data.chips import load_chipset, write_manifest
 from pipeline.models.backbone import create_backbone
 from pipeline.presets import PRESETS
-from pipeline.report.tables import trained_result
+from pipeline.report.comparisons import compare_all
+from pipeline.report.tables import read_results, trained_result
 from pipeline.report.build import ReportInputs, build_report
 from pipeline.floors import classification_floor
 from pipeline.transfer.classification import evaluate_classification
@@ -180,3 +181,11 @@ def test_transfer_sections_describe_a_network_not_the_floor():
     floor, simclr = {"architecture": "per-pixel class prior"}, {"architecture": "unet"}
     assert trained_result({"floor": floor, "simclr": simclr}) is simclr  # the floor comes first in INIT_ORDER
     assert trained_result({"floor": floor}) is floor
+
+
+def test_comparisons_side_by_side_equal_the_same_comparisons_one_after_another(report_dir):
+    root = report_dir.parent
+    results = {"remote": {"cls": read_results(root / "evaluate", ["remote"])["remote"]}}
+    one_after_another = compare_all(results, seed=0)
+    assert len(one_after_another) > 1
+    assert repr(compare_all(results, seed=0, workers=2)) == repr(one_after_another)  # repr: nan == nan

@@ -1,0 +1,148 @@
+"""Ingest's per-chip arrays kept on disk while a folder is read, so that its memory does not grow with the data.
+
+Why: ingest must see every file before it can split the chips, fit a value range on the train split, map an MR
+series by its own percentiles or drop constant chips, so it used to hold every chip in memory (~260 real
+scenes, 74,589 chips of 64² × 4 bands, peaked at 9.1 GiB). :class:`SpilledArrays` looks like the list it
+replaces (``len``, index, assign, ``+=``, iterate, keep a subset) but appends each chip to a raw file as it
+arrives and reads or rewrites one chip at a time with positioned file I/O. No memory map: a mapped page
+touched once stays resident and counts against the process, a ``pread`` buffer is freed after use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+class SpilledArrays:
+    """A list of arrays of one shape and dtype (fixed by the first one), stored in ``path``.
+
+    ``None`` items are allowed when ``fill`` is given: they are stored as ``fill`` and read back as ``None``
+    (chips without a segmentation mask).
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype | type, fill: int | None = None) -> None:
+        self.path, self.dtype, self.fill = Path(path), np.dtype(dtype), fill
+        self.shape: tuple[int, ...] | None = None
+        self.present: list[bool] = []  # physical item → not None
+        self.order: list[int] = []  # logical index → physical item (after :meth:`keep`)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    # the list protocol IngestedChips uses
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iadd__(self, items: Iterable[np.ndarray | None]) -> SpilledArrays:
+        for item in items:
+            self.append(item)
+        return self
+
+    def __iter__(self) -> Iterator[np.ndarray | None]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def __getitem__(self, index: int) -> np.ndarray | None:
+        physical = self.order[index]
+        if not self.present[physical]:
+            return None
+        data = os.pread(self._fd, self._item_bytes, physical * self._item_bytes)
+        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape(self.shape)  # writable, owns its memory
+
+    def __setitem__(self, index: int, value: np.ndarray) -> None:
+        physical = self.order[index]
+        os.pwrite(self._fd, self._bytes_of(value), physical * self._item_bytes)
+        self.present[physical] = True
+
+    def append(self, item: np.ndarray | None) -> None:
+        if item is None and self.fill is None:
+            raise ValueError(f"{self.path.name}: None needs a fill value")
+        if self.shape is None and item is not None:
+            self.shape = tuple(np.shape(item))
+            self._backfill()
+        self.present.append(item is not None)
+        self.order.append(len(self.present) - 1)
+        if self.shape is not None:
+            self._write_at(len(self.present) - 1, item)
+
+    def keep(self, keep: Sequence[bool]) -> None:
+        """Keep the items where ``keep`` is True (no data is moved)."""
+        self.order = [physical for physical, kept in zip(self.order, keep) if kept]
+
+    def subset(self, indexes: Sequence[int]) -> LazySubset:
+        """The items at ``indexes``, read one at a time as they are iterated (e.g. the train split's chips)."""
+        return LazySubset(self, list(indexes))
+
+    def any_present(self) -> bool:
+        return any(self.present[physical] for physical in self.order)
+
+    def close(self) -> None:
+        """Close and delete the file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self.path.unlink(missing_ok=True)
+
+    # storage
+
+    @property
+    def _item_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def _bytes_of(self, value: np.ndarray | None) -> bytes:
+        if value is None:
+            return np.full(self.shape, self.fill, dtype=self.dtype).tobytes()
+        if tuple(np.shape(value)) != self.shape:
+            raise ValueError(f"{self.path.name}: item of shape {np.shape(value)}, expected {self.shape}")
+        return np.ascontiguousarray(value, dtype=self.dtype).tobytes()
+
+    def _write_at(self, physical: int, value: np.ndarray | None) -> None:
+        os.pwrite(self._fd, self._bytes_of(value), physical * self._item_bytes)
+
+    def _backfill(self) -> None:
+        """The ``None`` items that came before the first array get their fill now that the shape is known."""
+        for physical, present in enumerate(self.present):
+            if not present:
+                self._write_at(physical, None)
+
+
+class LazySubset:
+    """Some items of a :class:`SpilledArrays`, read when iterated or indexed (iterable more than once)."""
+
+    def __init__(self, items: SpilledArrays, indexes: list[int]) -> None:
+        self.items, self.indexes = items, indexes
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, position: int) -> np.ndarray | None:
+        return self.items[self.indexes[position]]
+
+    def __iter__(self) -> Iterator[np.ndarray | None]:
+        for index in self.indexes:
+            yield self.items[index]
+
+
+def write_npy(path: Path, items: Iterable[np.ndarray], count: int, shape: tuple[int, ...], dtype: np.dtype | type,
+              chunk: int = 256) -> None:
+    """An ``.npy`` of ``count`` items of ``shape`` written as they come, ``chunk`` at a time: the same bytes as
+    ``np.save(path, np.stack(items))`` without the stack in memory."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count, *shape)}
+    written = 0
+    with open(path, "wb") as stream:
+        np.lib.format.write_array_header_1_0(stream, header)
+        buffer: list[np.ndarray] = []
+        for item in items:
+            buffer.append(np.ascontiguousarray(item, dtype=dtype))
+            if len(buffer) == chunk:
+                stream.write(np.stack(buffer).tobytes())
+                written, buffer = written + len(buffer), []
+        if buffer:
+            stream.write(np.stack(buffer).tobytes())
+            written += len(buffer)
+    if written != count:
+        raise ValueError(f"{path.name}: {written} items written, {count} announced")

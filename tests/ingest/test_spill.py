@@ -1,0 +1,75 @@
+"""Ingest keeps its chips on disk while it reads a folder: the spilled list behaves as the in-memory list did,
+and the cache it writes from it is byte for byte what stacking in memory wrote."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.data.chips import channel_statistics, write_stacked
+from pipeline.ingest.spill import SpilledArrays
+
+
+def _chips(n=7, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(0, 1, (2, 4, 4)).astype(np.float32) for _ in range(n)]
+
+
+def test_a_spilled_list_reads_assigns_and_keeps_like_a_list(tmp_path):
+    reference = _chips()
+    spilled = SpilledArrays(tmp_path / "images.bin", np.float32)
+    spilled += reference[:3]
+    for chip in reference[3:]:
+        spilled.append(chip)
+    assert len(spilled) == 7 and all(np.array_equal(a, b) for a, b in zip(spilled, reference))
+    spilled[2] = reference[2] * 0 + 0.5
+    reference[2] = reference[2] * 0 + 0.5
+    keep = [True, False, True, True, False, True, True]
+    spilled.keep(keep)
+    reference = [chip for chip, kept in zip(reference, keep) if kept]
+    assert len(spilled) == 5 and all(np.array_equal(spilled[i], reference[i]) for i in range(5))
+    subset = spilled.subset([4, 1])
+    assert [np.array_equal(a, b) for a, b in zip(subset, [reference[4], reference[1]])] == [True, True]
+    assert list(map(len, [subset, subset])) == [2, 2] and np.array_equal(list(subset)[0], reference[4])  # re-iterable
+    chip = spilled[0]
+    chip += 1  # a read is the caller's own copy
+    assert np.array_equal(spilled[0], reference[0])
+    spilled.close()
+    assert not (tmp_path / "images.bin").exists()
+
+
+def test_missing_masks_read_back_as_none_and_are_stored_as_ignore(tmp_path):
+    masks = SpilledArrays(tmp_path / "masks.bin", np.uint8, fill=255)
+    masks += [None, None]
+    assert not masks.any_present()
+    masks.append(np.ones((3, 3), np.uint8))
+    masks.append(None)
+    assert masks.any_present() and masks[0] is None and masks[3] is None and masks[2].sum() == 9
+    stored = np.fromfile(tmp_path / "masks.bin", np.uint8).reshape(4, 3, 3)
+    assert (stored[[0, 1, 3]] == 255).all()
+    with pytest.raises(ValueError, match="shape"):
+        masks.append(np.ones((2, 2), np.uint8))
+
+
+def test_written_chip_files_equal_numpy_save_of_the_stack(tmp_path):
+    chips = _chips(11)
+    write_stacked(tmp_path / "mine.npy", iter(chips), np.float32, count=11, shape=(2, 4, 4), chunk=3)
+    np.save(tmp_path / "numpy.npy", np.stack(chips))
+    assert (tmp_path / "mine.npy").read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+    with pytest.raises(ValueError, match="10 arrays written, 11 announced"):
+        write_stacked(tmp_path / "short.npy", iter(chips[:10]), np.float32, count=11, shape=(2, 4, 4))
+
+
+@pytest.mark.parametrize("max_pixels", [10**9, 37, 50])
+def test_streamed_channel_statistics_equal_the_stacked_formula(max_pixels):
+    rng = np.random.default_rng(1)
+    images = rng.normal(0.5, 0.2, (9, 3, 5, 5)).astype(np.float32)
+    valid = rng.uniform(size=(9, 5, 5)) > 0.3
+    per_channel = np.moveaxis(images, 1, 0)[:, valid]  # the formula before streaming, written out
+    if per_channel.shape[1] > max_pixels:
+        per_channel = per_channel[:, :: per_channel.shape[1] // max_pixels + 1]
+    low, high = np.percentile(per_channel, [2, 98], axis=1)
+    clipped = np.clip(per_channel, low[:, None], high[:, None])
+    mean, std = channel_statistics(list(images), list(valid), max_pixels=max_pixels)
+    assert mean == clipped.mean(axis=1).astype(float).tolist()
+    assert std == np.maximum(clipped.std(axis=1), 1e-3).astype(float).tolist()
