@@ -73,8 +73,10 @@ def measure(case: str, source: Path, out: Path, params: str, workers: int) -> di
     queue = context.Queue()
     process = context.Process(target=ingest_in_this_process, args=(case, str(source), str(out), params, workers, queue))
     process.start()
-    result = queue.get()
-    process.join()
+    process.join()  # the child's result is a small dict: it fits the queue's pipe before the child exits
+    if process.exitcode != 0:
+        raise SystemExit(f"ingest failed in its process (exit code {process.exitcode}); its traceback is above")
+    result = queue.get(timeout=60)
     stats = json.loads((out / "stats.json").read_text())
     cache_bytes = sum(path.stat().st_size for path in out.iterdir() if path.is_file())
     channels, size = len(stats["channel_names"]), stats["chip_size"]

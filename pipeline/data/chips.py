@@ -3,9 +3,13 @@
 
 Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
 
-* ``chips.npy``    – (N, C, S, S) float32 in [0, 1] (CT: one HU window per channel; EO: reflectance);
-  memory-mapped on read, so an epoch never re-decodes DICOM or GeoTIFF.
-* ``valid.npy``    – (N, S, S) bool, False at nodata / padding pixels.
+* ``chips.npy``    – (N, C, S, S) uint16: the [0, 1] values (CT: one HU window per channel; EO: reflectance)
+  × 65535, rounded (:data:`UNIT_SCALE`; half the bytes of float32, error ≤ 7.7e-6, uniform over the range,
+  where float16 keeps only 11 bits near 1); memory-mapped on read and handed out as float32
+  (:class:`UnitChips`), so an epoch never re-decodes DICOM or GeoTIFF. Caches written before this format
+  (float32 ``chips.npy``) read the same way.
+* ``valid_bits.npy`` – (N, ⌈S·S / 8⌉) uint8: the (S, S) valid masks (False at nodata / padding) packed 8 pixels
+  to a byte (:class:`PackedMasks`); older caches hold ``valid.npy``, (N, S, S) bool.
 * ``manifest.csv`` – one row per chip: id, source file (relative), hashed group, split, label, grid position,
   CRS and affine transform (remote sensing). No patient identifier is ever written here.
 * ``masks.npy``    – optional (N, S, S) uint8 segmentation class ids, 255 = ignore (nodata, padding, unlabelled).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +37,63 @@ MANIFEST_FIELDS = ("chip_id", "source", "frame", "group", "split", "label", "row
 UNLABELLED = -1
 MASK_IGNORE = 255
 BOX_CACHE = "boxes.json"
+UNIT_SCALE = 65535  # chips.npy stores round(value × UNIT_SCALE) as uint16
+
+
+def quantise_unit(image: np.ndarray) -> np.ndarray:
+    """[0, 1] values → the stored uint16 (values outside are clipped: the cache holds the augmentation space)."""
+    return np.rint(np.clip(image, 0.0, 1.0) * UNIT_SCALE).astype(np.uint16)
+
+
+class UnitChips:
+    """The stored chips, indexed like the (N, C, S, S) array they stand for and read as float32 in [0, 1]."""
+
+    def __init__(self, stored: np.ndarray) -> None:
+        self.stored = stored
+        self.shape, self.dtype = stored.shape, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+    def __getitem__(self, index) -> np.ndarray:
+        chips = np.asarray(self.stored[index])
+        if chips.dtype == np.uint16:
+            return chips.astype(np.float32) / np.float32(UNIT_SCALE)
+        return chips.astype(np.float32, copy=False)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or np.float32, copy=False)
+
+
+class PackedMasks:
+    """(N, S, S) bool masks stored packed (N, ⌈S·S / 8⌉), indexed like the unpacked array."""
+
+    def __init__(self, bits: np.ndarray, size: tuple[int, int]) -> None:
+        self.bits, self.size = bits, tuple(size)
+        self.shape, self.dtype = (len(bits), *self.size), np.dtype(bool)
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def __getitem__(self, index) -> np.ndarray:
+        bits = np.asarray(self.bits[index])
+        pixels = self.size[0] * self.size[1]
+        return np.unpackbits(bits, axis=-1, count=pixels).reshape(*bits.shape[:-1], *self.size).astype(bool)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or bool, copy=False)
+
+
+def pack_mask(mask: np.ndarray) -> np.ndarray:
+    return np.packbits(np.asarray(mask, dtype=bool).reshape(-1))
 
 
 @dataclass
 class ChipSet:
     """Chips of one domain with their split, label and normalisation statistics."""
 
-    images: np.ndarray  # (N, C, S, S) float32 in [0, 1]
-    valid: np.ndarray  # (N, S, S) bool
+    images: np.ndarray | UnitChips  # (N, C, S, S) float32 in [0, 1] when indexed
+    valid: np.ndarray | PackedMasks  # (N, S, S) bool when indexed
     manifest: list[dict[str, str]]
     classes: list[str]
     channel_names: list[str]
@@ -75,9 +129,10 @@ def load_chipset(folder: str | Path) -> ChipSet:
     boxes, box_classes = read_box_cache(folder)
     with open(folder / "manifest.csv", newline="") as stream:
         manifest = list(csv.DictReader(stream))
+    images = np.load(folder / "chips.npy", mmap_mode="r")
     return ChipSet(
-        images=np.load(folder / "chips.npy", mmap_mode="r"),
-        valid=np.load(folder / "valid.npy", mmap_mode="r"),
+        images=UnitChips(images),
+        valid=_load_valid(folder, images.shape[-2:]),
         manifest=manifest,
         classes=list(stats["classes"]),
         channel_names=list(stats["channel_names"]),
@@ -90,16 +145,24 @@ def load_chipset(folder: str | Path) -> ChipSet:
     )
 
 
+def _load_valid(folder: Path, size: tuple[int, int]) -> np.ndarray | PackedMasks:
+    if (folder / "valid.npy").exists():  # a cache written before valid masks were packed
+        return np.load(folder / "valid.npy", mmap_mode="r")
+    return PackedMasks(np.load(folder / "valid_bits.npy", mmap_mode="r"), size)
+
+
 def write_chipset(out_dir: Path, images: Sequence[np.ndarray], valid: Sequence[np.ndarray], rows: list[dict[str, object]],
                   stats: dict, masks: Sequence[np.ndarray | None] | None = None,
                   boxes: tuple[list, list[str]] | None = None) -> None:
     """Write the cache into ``out_dir`` (the caller renames the folder into place): ``images`` (N, C, S, S)
-    float32, ``valid`` (N, S, S), the manifest ``rows``, ``stats`` (channel statistics and names, classes,
+    in [0, 1] (stored quantised), ``valid`` (N, S, S) (stored packed), the manifest ``rows``, ``stats`` (channel statistics and names, classes,
     counts), optional ``masks`` (N, S, S) uint8 (a chip's None = all ignored) and ``boxes`` (per chip boxes or
     None, box class names). The arrays may be any sequences of per-chip arrays (e.g. ingest's spilled chips):
     they are written chip by chip, never stacked in memory."""
-    write_stacked(out_dir / "chips.npy", images, np.float32)
-    write_stacked(out_dir / "valid.npy", valid, np.bool_)
+    write_stacked(out_dir / "chips.npy", (quantise_unit(image) for image in images), np.uint16, count=len(images),
+                  shape=np.shape(images[0]))
+    write_stacked(out_dir / "valid_bits.npy", (pack_mask(mask) for mask in valid), np.uint8, count=len(valid),
+                  shape=pack_mask(valid[0]).shape)
     if boxes is not None:
         per_chip, classes = boxes
         (out_dir / BOX_CACHE).write_text(json.dumps({"classes": classes, "boxes": per_chip}) + "\n")
@@ -171,11 +234,13 @@ def channel_statistics(images: Iterable[np.ndarray], valid: Iterable[np.ndarray]
     sampled, seen = [], 0
     for image, mask in zip(images, valid):
         pixels = np.asarray(image)[:, np.asarray(mask)]  # (C, p) in row-major order
-        sampled.append(pixels[:, (-seen) % step::step])
+        sampled.append(pixels[:, (-seen) % step::step].copy())  # a view would keep all of `pixels` alive
         seen += pixels.shape[1]
     per_channel = np.concatenate(sampled, axis=1)
     low, high = np.percentile(per_channel, [2, 98], axis=1)
-    clipped = np.clip(per_channel, low[:, None], high[:, None])
-    mean = clipped.mean(axis=1)
-    std = np.maximum(clipped.std(axis=1), 1e-3)
-    return mean.astype(float).tolist(), std.astype(float).tolist()
+    clipped = np.clip(per_channel, low[:, None], high[:, None]).astype(np.float64)
+    # exactly rounded sums (math.fsum): numpy's SIMD reductions round differently with the buffer's alignment,
+    # and the statistics must not change with the allocator's history (every later stage standardises by them)
+    mean = [math.fsum(row) / len(row) for row in clipped]
+    std = [max(math.sqrt(math.fsum((row - m) ** 2) / len(row)), 1e-3) for row, m in zip(clipped, mean)]
+    return mean, std

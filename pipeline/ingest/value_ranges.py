@@ -102,7 +102,8 @@ def fit_range(images: Sequence[np.ndarray], valid: Sequence[np.ndarray],
     if total == 0:
         raise ValueError("no valid training pixels to fit the value range from")
     step = total // MAX_FIT_PIXELS + 1  # the same regular subsample of every chip: memory bounded as it is taken
-    per_channel = np.concatenate([np.asarray(image)[:, np.asarray(mask)][:, ::step]
+    # .copy(): a strided view would keep each chip's whole (C, p) pixel copy alive until the concatenation
+    per_channel = np.concatenate([np.asarray(image)[:, np.asarray(mask)][:, ::step].copy()
                                   for image, mask in zip(images, valid)], axis=1)
     low, high = np.percentile(per_channel.astype(np.float64), percentiles, axis=1)
     return low, np.where(high > low, high, low + 1.0)

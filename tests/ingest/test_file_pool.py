@@ -98,5 +98,5 @@ def test_two_workers_spill_scenes_and_write_the_same_cache(tmp_path):
         out.mkdir()
         reports.append(ingest_folder(tmp_path / "src", cfg, PRESET, 0, out, workers=workers, domain="remote"))
     assert reports[0] == reports[1] and reports[0]["chips"]["kept"] == 2 * (side // 32) ** 2
-    for name in ("chips.npy", "valid.npy", "manifest.csv", "stats.json"):
+    for name in ("chips.npy", "valid_bits.npy", "manifest.csv", "stats.json"):
         assert (tmp_path / "out_1" / name).read_bytes() == (tmp_path / "out_2" / name).read_bytes(), name

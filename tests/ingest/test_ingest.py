@@ -136,7 +136,7 @@ def test_two_workers_write_the_same_cache(medical, tmp_path):
     parallel = tmp_path / "parallel"
     parallel.mkdir()
     assert ingest_folder(source, CONFIG.data["medical"], PRESETS["medical_ct"], 1, parallel, workers=2) == report
-    for name in ("chips.npy", "valid.npy", "manifest.csv", "stats.json"):
+    for name in ("chips.npy", "valid_bits.npy", "manifest.csv", "stats.json"):
         assert (parallel / name).read_bytes() == (out / name).read_bytes(), name
 
 

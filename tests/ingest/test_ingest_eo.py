@@ -16,6 +16,7 @@ from pipeline.ingest.bands import canonical_band, choose_band_set
 from pipeline.data.chips import load_chipset
 from pipeline.ingest.folder import IngestError, ingest_folder
 from tests.fixtures.geotiff_files import PRESET, SCALE, config, ingest, window_of, write_raster
+from tests.fixtures.stored import STORED_ATOL
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 SAR = {"preset": "remote_sar"}
@@ -67,7 +68,7 @@ def test_the_band_set_most_scenes_share_is_chosen_whatever_the_file_order(tmp_pa
     (group,) = report["value_range"]["groups"].values()
     low, high = (np.array([group["channels"][n][k] for n in chips.channel_names])[:, None, None] for k in (0, 1))
     np.testing.assert_allclose(chips.images[int(row["chip_id"])], np.clip((stored - low) / (high - low), 0, 1),
-                               atol=2e-6)
+                               atol=STORED_ATOL)
     s2_row = next(r for r in chips.manifest if r["source"] == "s2_a.tif")  # 5 bands: gives its 4 of the set
     assert chips.images[int(s2_row["chip_id"])].shape[0] == 4
     renamed = mixed_folder(tmp_path / "two", prefix={"dem.tif": "a_", "photo.tif": "0_", "s2_b.tif": "z_"})
@@ -123,7 +124,7 @@ def test_sentinel1_grd_band_folder_in_db_with_the_polarisation_ratio(tmp_path):
         decibels = np.concatenate([decibels, decibels[1:2] - decibels[0:1]])
         valid = (amplitude["vv"][window.toslices()] > 0) & (amplitude["vh"][window.toslices()] > 0)
         expected = np.clip((decibels - low) / (high - low), 0, 1) * valid
-        np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, atol=2e-5)
+        np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, atol=STORED_ATOL)
         np.testing.assert_array_equal(chips.valid[int(row["chip_id"])], valid)
 
 
@@ -225,7 +226,7 @@ def test_colour_interpretation_names_rgb_bands_and_a_bgr_file_is_not_mixed_in(tm
     (group,) = report["value_range"]["groups"].values()
     low, high = group["channels"]["blue"]
     np.testing.assert_allclose(chips.images[int(row["chip_id"])][0], np.clip((blue - low) / (high - low), 0, 1),
-                               atol=2e-6)
+                               atol=STORED_ATOL)
 
 
 def test_generic_band_names_by_index_agree_and_strict_catches_channel_mismatches(tmp_path):
@@ -274,7 +275,7 @@ def test_per_channel_value_ranges_and_label_rasters_keep_their_nodata_value(tmp_
     report = ingest(tmp_path / "src", tmp_path / "out", config(block_size_px=32, value_range=[[0, 1000], [0, 4000]]))
     chips = load_chipset(tmp_path / "out")
     left = next(i for i, r in enumerate(chips.manifest) if r["col"] == "0")
-    np.testing.assert_allclose(np.asarray(chips.images[left])[:, 0, 0], [0.5, 0.75], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(chips.images[left])[:, 0, 0], [0.5, 0.75], rtol=1e-6, atol=STORED_ATOL)
     assert report["value_range"]["from"] == "data.remote.geotiff.value_range"
     from pipeline.io.geotiff import read_scene_info
     from pipeline.io.geotiff_masks import read_label_chip

@@ -25,6 +25,7 @@ from pipeline.demo.remote import RemoteDemoSpec, write_remote_demo
 from pipeline.ingest.scenes import GDAL_CACHE_BYTES
 from pipeline.ingest.geotiff_source import list_geotiff_files
 from tests.fixtures.geotiff_files import (CHIP, CRS, GRID, REPO, SCALE, config, ingest, reflectance, rejected, window_of, write_raster)
+from tests.fixtures.stored import STORED_ATOL, as_stored
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 
@@ -45,7 +46,7 @@ def test_unit_value_range_is_byte_identical_to_clipped_reflectance(tmp_path):
             valid = (src.read_masks(window=window_of(row)) != 0).all(axis=0)
         physical[:, ~valid] = 0.0
         old = np.clip(physical, 0.0, 1.0)
-        assert chips.images[int(row["chip_id"])].tobytes() == old.tobytes()
+        assert chips.images[int(row["chip_id"])].tobytes() == as_stored(old).tobytes()
         assert np.array_equal(chips.valid[int(row["chip_id"])], valid)
 
 
@@ -65,7 +66,7 @@ def test_default_value_range_is_each_channels_train_split_percentiles(tmp_path):
     low, high = np.percentile(pixels, [1, 99], axis=1)
     for i, (data, valid) in physical.items():
         expected = np.clip((data - low[:, None, None]) / (high - low)[:, None, None], 0, 1) * valid
-        np.testing.assert_allclose(chips.images[i], expected, atol=2e-6)
+        np.testing.assert_allclose(chips.images[i], expected, atol=STORED_ATOL)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     (group,) = stats["value_range"]["groups"]
     assert group == "uint16 x0.0001"  # the demo's stored type and scale
@@ -95,7 +96,7 @@ def test_uint8_rgba_maps_255_to_one_and_alpha_is_a_mask_not_a_channel(tmp_path):
             alpha = src.read(4, window=window_of(row))
             i = int(row["chip_id"])
             np.testing.assert_array_equal(chips.valid[i], alpha > 0)
-            np.testing.assert_allclose(chips.images[i][:, alpha > 0], (rgb / 255)[:, alpha > 0], rtol=1e-6)
+            np.testing.assert_allclose(chips.images[i][:, alpha > 0], (rgb / 255)[:, alpha > 0], rtol=1e-6, atol=STORED_ATOL)
             assert not chips.images[i][:, alpha == 0].any()
 
 
@@ -122,7 +123,7 @@ def test_configured_value_range_maps_linearly_then_clips(tmp_path):
     with rasterio.open(path) as src:
         for row in chips.manifest:
             expected = np.clip((src.read(window=window_of(row)).astype(np.float64) - 1000) / 10_000, 0, 1)
-            np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, rtol=1e-6, atol=STORED_ATOL)
     assert chips.images[:].max() == 1.0 and chips.images[:].min() == 0.0
 
 
@@ -149,7 +150,7 @@ def test_bands_by_name_and_index_in_configured_order(tmp_path):
     with rasterio.open(path) as src:
         for row in chips.manifest:
             expected = src.read([4, 3, 2], window=window_of(row)).astype(np.float64) * SCALE
-            np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, rtol=1e-6)
+            np.testing.assert_allclose(chips.images[int(row["chip_id"])], expected, rtol=1e-6, atol=STORED_ATOL)
 
 
 def test_unknown_band_name_names_the_key_and_the_available_names(tmp_path):
@@ -226,7 +227,7 @@ def test_band_folder_is_one_scene_stacked_on_the_finest_grid(band_folder, tmp_pa
         np.testing.assert_array_equal(chips.valid[i], valid)
         for channel, band in enumerate(("B04", "B03", "B02")):
             expected = stored[band][r:r + CHIP, c:c + CHIP] * SCALE
-            np.testing.assert_allclose(chips.images[i][channel][valid], expected[valid], rtol=1e-6)
+            np.testing.assert_allclose(chips.images[i][channel][valid], expected[valid], rtol=1e-6, atol=STORED_ATOL)
         expected = upsampled[r:r + CHIP, c:c + CHIP] * SCALE
         np.testing.assert_allclose(chips.images[i][3][valid], expected[valid], rtol=0, atol=1.01 * SCALE)
         assert not chips.images[i][:, ~valid].any()
@@ -361,7 +362,7 @@ def test_two_workers_give_the_same_cache_for_band_folders_and_geojson(band_folde
     one = ingest(source, tmp_path / "one", cfg)
     two = ingest(source, tmp_path / "two", cfg, workers=2)
     assert one == two and one["files"]["ingested"] == 2
-    for name in ("chips.npy", "valid.npy", "masks.npy", "manifest.csv", "stats.json"):
+    for name in ("chips.npy", "valid_bits.npy", "masks.npy", "manifest.csv", "stats.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 

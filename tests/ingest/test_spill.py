@@ -3,6 +3,8 @@ and the cache it writes from it is byte for byte what stacking in memory wrote."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -69,7 +71,23 @@ def test_streamed_channel_statistics_equal_the_stacked_formula(max_pixels):
     if per_channel.shape[1] > max_pixels:
         per_channel = per_channel[:, :: per_channel.shape[1] // max_pixels + 1]
     low, high = np.percentile(per_channel, [2, 98], axis=1)
-    clipped = np.clip(per_channel, low[:, None], high[:, None])
+    clipped = np.clip(per_channel, low[:, None], high[:, None]).astype(np.float64)
     mean, std = channel_statistics(list(images), list(valid), max_pixels=max_pixels)
-    assert mean == clipped.mean(axis=1).astype(float).tolist()
-    assert std == np.maximum(clipped.std(axis=1), 1e-3).astype(float).tolist()
+    np.testing.assert_allclose(mean, clipped.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(std, np.maximum(clipped.std(axis=1), 1e-3), rtol=1e-12)
+    assert mean == channel_statistics(np.array(images[::-1])[::-1], valid, max_pixels=max_pixels)[0]  # any buffer
+
+
+def test_channel_statistics_are_exactly_rounded_sums_so_no_buffer_alignment_changes_them():
+    """numpy's SIMD sums round differently with a buffer's alignment; every stage standardises by these numbers."""
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 1, (6, 2, 16, 16)).astype(np.float32)
+    valid = np.ones((6, 16, 16), bool)
+    mean, std = channel_statistics(images, valid)
+    for channel in range(2):
+        pixels = [float(v) for v in images[:, channel].ravel()]
+        low, high = np.percentile(np.array(pixels, np.float32), [2, 98])
+        clipped = [min(max(v, float(low)), float(high)) for v in pixels]
+        reference_mean = math.fsum(clipped) / len(clipped)
+        assert mean[channel] == reference_mean
+        assert std[channel] == math.sqrt(math.fsum((v - reference_mean) ** 2 for v in clipped) / len(clipped))

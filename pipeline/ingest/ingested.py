@@ -1,0 +1,211 @@
+"""What ingest holds while it reads a folder (:class:`IngestedChips`): the chips, their manifest rows and every
+file's outcome, and the passes that need all of them (a series' deferred mapping, train-split value ranges,
+constant chips). The chips themselves may live on disk (:mod:`pipeline.ingest.spill`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config_data import DomainDataConfig
+from pipeline.data.chips import MASK_IGNORE
+from pipeline.ingest.dicom_source import normalise_deferred
+from pipeline.ingest.phi import PathRedactor, phi_salt
+from pipeline.ingest.segmentations import FolderLabels
+from pipeline.ingest.sources import FileChips, constant_chips
+from pipeline.ingest.spill import SpilledArrays
+from pipeline.ingest.value_ranges import ClipCounts, clip_counts, fit_range, to_unit
+
+
+class IngestError(ValueError):
+    """``ingest.strict``: the first bad file stops the run; the message is that file's one line."""
+
+
+@dataclass
+class FileOutcome:
+    """What one readable file (not rejected, not skipped) gave, for the report."""
+
+    intensity: str = ""
+    modality: str = ""
+    group_by: str = ""
+    dropped_low_valid: int = 0
+    dropped_constant: int = 0
+    no_range: int = 0  # chips left out: their value-range group has no chip in the train split
+    no_chip_reason: str = ""
+
+
+@dataclass
+class IngestedChips:
+    """Everything ingest decoded from one source folder, before it is written."""
+
+    images: list[np.ndarray] = field(default_factory=list)  # each (C, S, S) float32 in [0, 1]
+    valid: list[np.ndarray] = field(default_factory=list)  # each (S, S) bool
+    rows: list[dict[str, object]] = field(default_factory=list)
+    channel_names: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    masks: list[np.ndarray | None] = field(default_factory=list)
+    mask_classes: list[str] = field(default_factory=list)
+    deferred: list[tuple[str, bool]] = field(default_factory=list)  # per chip: (normalisation group, invert)
+    range_group: list[str] = field(default_factory=list)  # per chip: "" or its value-range group (GeoTIFF)
+    clip_counts: ClipCounts = field(default_factory=ClipCounts)  # pixels clipped by a configured value range
+    band_plan: dict[str, object] = field(default_factory=dict)  # GeoTIFF: the domain's band set, for the report
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    labels: list[dict[str, object]] = field(default_factory=list)  # DICOM-SEG / RTSTRUCT used as masks
+    files: dict[str, FileOutcome] = field(default_factory=dict)  # readable files by relative path
+    modalities: dict[str, Counter] = field(default_factory=dict)  # DICOM Modality → outcome → files
+    identifiers: set[str] = field(default_factory=set)  # raw PHI of the folder's files, to redact paths only
+    files_seen: int = 0
+
+    def add(self, result: FileChips) -> None:
+        """Merge one file's result; a file whose channels differ from the first file's is rejected."""
+        self.identifiers.update(result.phi)
+        if result.images and self.channel_names and result.channel_names != self.channel_names:
+            result = FileChips(result.relative, modality=result.modality,
+                               rejected=f"{result.relative}: channels {result.channel_names} "
+                                        f"differ from earlier files {self.channel_names}")
+        if result.rejected or result.skipped:
+            outcome = self.rejected if result.rejected else self.skipped
+            outcome.append({"path": result.relative, "reason": result.rejected or result.skipped})
+            self._count_modality(result.modality, "rejected" if result.rejected else "skipped")
+            return
+        if result.images:
+            self.channel_names = self.channel_names or result.channel_names
+        self.files[result.relative] = FileOutcome(
+            intensity=result.intensity, modality=result.modality, group_by=result.group_by,
+            dropped_low_valid=result.dropped_low_valid, dropped_constant=result.dropped_constant,
+            no_chip_reason=result.no_chip_reason)
+        self.images += result.images
+        self.valid += result.valid
+        self.rows += result.rows
+        self.masks += result.masks or [None] * len(result.images)
+        self.deferred += [(result.deferred_group, result.invert)] * len(result.images)
+        self.range_group += [result.range_group] * len(result.images)
+        self.clip_counts.add(result.clip_counts)
+
+    def _count_modality(self, modality: str, outcome: str) -> None:
+        if modality:
+            self.modalities.setdefault(modality, Counter())[outcome] += 1
+
+    def add_label_objects(self, found: FolderLabels, strict: bool) -> None:
+        """Merge the first pass's outcomes; ``strict`` stops at the first (by path) unusable label object."""
+        self.identifiers.update(found.identifiers)
+        bad = sorted(found.rejected + found.skipped, key=lambda line: line["path"])
+        if strict and bad:
+            raise IngestError(PathRedactor(self.identifiers, phi_salt()).text(bad[0]["reason"]))
+        self.rejected += found.rejected
+        self.skipped += found.skipped
+        self.labels += found.used
+
+    def finalise(self, percentiles: tuple[float, float]) -> None:
+        """Map deferred chips (MR series) to [0, 1], drop the constant ones among them, and settle which
+        files gave chips: a readable file that gave none is not *ingested* but has its own reason."""
+        if any(group for group, _ in self.deferred):
+            normalise_deferred(self.images, self.valid, self.deferred, percentiles)
+            flags = constant_chips(self.images, self.valid)
+            constant = [flag and bool(group) for flag, (group, _) in zip(flags, self.deferred)]
+            for index in np.flatnonzero(constant):
+                self.files[str(self.rows[index]["source"])].dropped_constant += 1
+            self.keep_chips([not flag for flag in constant])
+        chips = Counter(str(row["source"]) for row in self.rows)
+        for relative, outcome in self.files.items():
+            self._count_modality(outcome.modality, "ingested" if chips[relative] else "no_chips")
+
+    def keep_chips(self, keep: list[bool]) -> None:
+        """Drop the chips where ``keep`` is False from every per-chip list."""
+        for name in ("images", "valid", "rows", "masks", "deferred", "range_group"):
+            values = getattr(self, name)
+            if isinstance(values, SpilledArrays):
+                values.keep(keep)
+            else:
+                setattr(self, name, [value for value, kept in zip(values, keep) if kept])
+
+    def spill_to(self, folder: Path) -> None:
+        """Keep the chips, valid masks and segmentation masks in files below ``folder`` from now on (before the
+        first :meth:`add`), so memory does not grow with the number of chips."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.images = SpilledArrays(folder / "images.bin", np.float32)
+        self.valid = SpilledArrays(folder / "valid.bin", np.bool_)
+        self.masks = SpilledArrays(folder / "masks.bin", np.uint8, fill=MASK_IGNORE)
+
+    def close(self) -> None:
+        """Delete the spilled files and their folder, if any."""
+        folders = set()
+        for values in (self.images, self.valid, self.masks):
+            if isinstance(values, SpilledArrays):
+                values.close()
+                folders.add(values.path.parent)
+        for folder in folders:
+            folder.rmdir()  # it held only the spilled files
+
+    def subset(self, name: str, indexes: list[int]) -> Sequence:
+        """The chips (``name``: images / valid) at ``indexes``, read lazily when they are spilled."""
+        values = getattr(self, name)
+        return values.subset(indexes) if isinstance(values, SpilledArrays) else [values[i] for i in indexes]
+
+    def has_masks(self) -> bool:
+        return self.masks.any_present() if isinstance(self.masks, SpilledArrays) else \
+            any(mask is not None for mask in self.masks)
+
+    def map_pending_ranges(self, splits: list[str], cfg: DomainDataConfig) -> tuple[dict, list[str]]:
+        """Fit each range group's per-channel value range on its train-split chips (all its chips when it has no
+        training chip), map every pending chip to [0, 1], then drop the ones that are constant
+        (:func:`constant_chips`). Returns the report's ``value_range`` entry and the splits of the chips kept."""
+        percentiles = tuple(cfg.geotiff.range_percentiles)
+        text = "-".join(f"p{v:g}" for v in percentiles)
+        groups, dropped = {}, set()
+        for group in sorted({g for g in self.range_group if g}):
+            members = [i for i, g in enumerate(self.range_group) if g == group]
+            train = [i for i in members if splits[i] == "train"]
+            if not train:  # fitting on validation or test pixels would leak them into the mapping: leave it out
+                for i in members:
+                    self.files[str(self.rows[i]["source"])].no_range += 1
+                dropped |= set(members)
+                groups[group] = {"from": "no chip in the train split: not mapped, its chips left out",
+                                 "chips": len(members)}
+                continue
+            low, high = fit_range(self.subset("images", train), self.subset("valid", train), percentiles)
+            counts = ClipCounts()
+            for i in members:
+                counts.add(clip_counts(self.images[i], self.valid[i], low, high))
+                self.images[i] = to_unit(self.images[i], self.valid[i], low, high)
+            constant = constant_chips(self.subset("images", members), self.subset("valid", members))
+            for i, flag in zip(members, constant):
+                if flag:
+                    self.files[str(self.rows[i]["source"])].dropped_constant += 1
+                    dropped.add(i)
+            groups[group] = {"from": f"train split: {text} of valid pixels", "chips": len(members),
+                             "channels": {name: [round(float(a), 6), round(float(b), 6)]
+                                          for name, a, b in zip(self.channel_names, low, high)},
+                             "clipped": counts.fractions(self.channel_names)}
+        keep = [i not in dropped for i in range(len(self.images))]
+        self.keep_chips(keep)
+        return {"groups": groups}, [split for split, kept in zip(splits, keep) if kept]
+
+    def no_chip_files(self) -> list[dict[str, str]]:
+        """One line per readable file that gave no chip, with why."""
+        chips = Counter(str(row["source"]) for row in self.rows)
+        return [{"path": relative, "reason": f"{relative}: {_no_chip_reason(outcome)}"}
+                for relative, outcome in self.files.items() if not chips[relative]]
+
+    def constant_chip_files(self) -> list[dict[str, object]]:
+        """One line per file that lost chips to the constant rule (whether or not others were kept)."""
+        return [{"path": relative, "chips": outcome.dropped_constant,
+                 "reason": f"{relative}: {outcome.dropped_constant} chip(s) constant after {outcome.intensity}"}
+                for relative, outcome in self.files.items() if outcome.dropped_constant]
+
+
+def _no_chip_reason(outcome: FileOutcome) -> str:
+    if outcome.no_chip_reason:
+        return outcome.no_chip_reason
+    parts = [f"{outcome.dropped_constant} constant after {outcome.intensity}"] if outcome.dropped_constant else []
+    if outcome.dropped_low_valid:
+        parts.append(f"{outcome.dropped_low_valid} under min_valid_fraction")
+    if outcome.no_range:
+        parts.append(f"{outcome.no_range} in a value-range group with no chip in the train split (set "
+                     "value_range, or give the split more of these scenes)")
+    return "no chips: " + (", ".join(parts) if parts else "nothing to read")
