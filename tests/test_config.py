@@ -1,10 +1,11 @@
 """params.yaml validation: one-line errors that name the key."""
 
+import re
 
 import pytest
+import yaml
 
 from pipeline.config import ConfigError, load_config, parse_config
-
 from tests.fixtures.params import repo_params as _params
 from tests.fixtures.paths import REPO
 
@@ -83,3 +84,25 @@ def test_resolve_compute_cpu_defaults_to_fp32_and_rejects_missing_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="runtime.device: cuda"):
             resolve_compute("cuda", "auto")
+
+
+def _documented_gpu_run() -> dict:
+    """params.yaml with the ``-S key=value`` overrides of docs/scaling.md's GPU-scale block applied, as DVC
+    applies them (each value read as YAML)."""
+    block = (REPO / "docs" / "scaling.md").read_text().split("dvc exp run -n gpu-resnet50", 1)[1].split("```")[0]
+    params = _params()
+    for quoted, plain in re.findall(r"-S (?:'([^']*)'|(\S+))", block):
+        key, value = (quoted or plain).split("=", 1)
+        *parents, leaf = key.split(".")
+        node = params
+        for name in parents:
+            node = node[name]
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def test_the_documented_gpu_scale_run_is_valid_and_decouples_view_from_chip_size():
+    config = parse_config(_documented_gpu_run())
+    assert config.model.backbone == "resnet50" and config.runtime.precision == "bf16"
+    assert config.simclr.image_size == 224 < config.data["medical"].chip_size == 256
+    assert config.evaluate.finetune.image_size == 224 and config.runtime.pretrain_launcher.startswith("torchrun")

@@ -87,15 +87,17 @@ def build_optimizer(model: nn.Module, cfg: SimCLRConfig, device: torch.device) -
     return adamw(groups, device, lr=cfg.lr)
 
 
-def knn_accuracy(backbone: nn.Module, chips: ChipSet, k: int, compute: Compute = Compute()) -> float:
-    """kNN accuracy of frozen features: labelled train chips vote for labelled val chips."""
+def knn_accuracy(backbone: nn.Module, chips: ChipSet, k: int, compute: Compute = Compute(),
+                 image_size: int | None = None) -> float:
+    """kNN accuracy of frozen features (chips resized to ``image_size``, the views' size): labelled train chips
+    vote for labelled val chips."""
     train, val = chips.indices("train", labelled=True), chips.indices("val", labelled=True)
     if len(train) == 0 or len(val) == 0:
         return float("nan")
     proba = knn_predict_proba(
-        extract_features(backbone, chips, train, compute=compute),
+        extract_features(backbone, chips, train, compute=compute, image_size=image_size),
         chips.labels[train],
-        extract_features(backbone, chips, val, compute=compute),
+        extract_features(backbone, chips, val, compute=compute, image_size=image_size),
         len(chips.classes),
         k=k,
     )
@@ -134,7 +136,7 @@ def pretrain_simclr(
     if cfg.resume and checkpoint_path is not None:
         _maybe_resume(run, checkpoint_path, resume_key, cfg.epochs * steps_per_epoch, compute.device)
     if run.step == 0 and cfg.knn_every_epochs and context.is_main:  # not again when resuming mid-epoch 1
-        run.history.epochs.append({"epoch": 0, "knn_acc": knn_accuracy(model.backbone, chips, cfg.knn_k, compute)})
+        run.history.epochs.append({"epoch": 0, "knn_acc": knn_accuracy(model.backbone, chips, cfg.knn_k, compute, cfg.image_size)})
     for row in run.history.epochs:
         _log_row(live, row)
     trainer = _wrap_for_training(model, cfg, compute, context)
@@ -172,7 +174,7 @@ def pretrain_simclr(
             row["skipped_steps"] = float(run.skipped_steps)
         run.epoch_sums, run.skipped_steps = torch.zeros_like(run.epoch_sums), 0
         if context.is_main and cfg.knn_every_epochs and (epoch % cfg.knn_every_epochs == 0 or epoch == cfg.epochs):
-            row["knn_acc"] = knn_accuracy(model.backbone, chips, cfg.knn_k, compute)
+            row["knn_acc"] = knn_accuracy(model.backbone, chips, cfg.knn_k, compute, cfg.image_size)
         run.epoch = epoch
         run.history.epochs.append({"epoch": epoch, **row})
         _log_row(live, run.history.epochs[-1])

@@ -10,15 +10,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.data.chips import ChipSet
-from pipeline.data.datasets import ChannelStandardiser, ChipDataset
+from pipeline.data.datasets import ChannelStandardiser, ChipDataset, resize_batch
 from pipeline.runtime import Compute
 
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256, compute: Compute = Compute()
+    backbone: nn.Module, chips: ChipSet, indices: np.ndarray, batch_size: int = 256, compute: Compute = Compute(),
+    image_size: int | None = None,
 ) -> np.ndarray:
-    """Pooled representation h of each chip, (len(indices), F) float32, backbone in eval mode."""
+    """Pooled representation h of each chip, (len(indices), F) float32, backbone in eval mode; chips resized to
+    ``image_size`` first (None = as cached), so that a backbone trained on views of another size than the cache's
+    chips is probed at the size it learned on."""
     was_training = backbone.training
     backbone.eval().to(compute.device)
     standardise = ChannelStandardiser(chips.mean, chips.std)
@@ -26,7 +29,7 @@ def extract_features(
     features = []
     for images, _ in loader:
         with compute.autocast():
-            features.append(backbone(standardise(images).to(compute.device)).float().cpu())
+            features.append(backbone(standardise(resize_batch(images, image_size)).to(compute.device)).float().cpu())
     backbone.train(was_training)
     if not features:
         return np.zeros((0, getattr(backbone, "num_features", 0)), dtype=np.float32)

@@ -135,8 +135,9 @@ def evaluate_classification(make_backbone: Callable[[], nn.Module], chips: ChipS
     ``linear_probe_first``) at every protocol's label fraction; ``make_backbone`` returns fresh weights."""
     train, test = labelled_splits(chips)
     backbone = make_backbone()
-    train_features = extract_features(backbone, chips, train, compute=compute)
-    test_features = extract_features(backbone, chips, test, compute=compute)
+    size = cfg.finetune.image_size  # the linear probe sees what the fine-tune sees
+    train_features = extract_features(backbone, chips, train, compute=compute, image_size=size)
+    test_features = extract_features(backbone, chips, test, compute=compute, image_size=size)
     probes = LinearProbes(chips, train, train_features, cfg)
     linear = linear_protocols(chips, test, probes, test_features, cfg)
     val_all, settings = chips.indices("val", labelled=True), cfg.finetune
