@@ -1,7 +1,8 @@
 """The decoded chip cache: the one module that writes (:func:`write_chipset`, called by ingest) and reads
 (:func:`load_chipset`, every later stage) it.
 
-Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically):
+Layout of ``data/ingest/<domain>/`` (one folder, renamed into place atomically). Each ``.npy`` array larger than
+1 GiB is split into shards (``chips.npy``, ``chips-1.npy``, …; :mod:`pipeline.data.shards`), read as one:
 
 * ``chips.npy``    – (N, C, S, S) uint16: the [0, 1] values (CT: one HU window per channel; EO: reflectance)
   × 65535, rounded (:data:`UNIT_SCALE`; half the bytes of float32, error ≤ 7.7e-6, uniform over the range,
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import read_json
+from pipeline.data.shards import load_stacked, write_stacked
 
 MANIFEST_FIELDS = ("chip_id", "source", "frame", "group", "split", "label", "row", "col", "crs", "transform")
 UNLABELLED = -1
@@ -129,7 +131,7 @@ def load_chipset(folder: str | Path) -> ChipSet:
     boxes, box_classes = read_box_cache(folder)
     with open(folder / "manifest.csv", newline="") as stream:
         manifest = list(csv.DictReader(stream))
-    images = np.load(folder / "chips.npy", mmap_mode="r")
+    images = load_stacked(folder / "chips.npy")
     return ChipSet(
         images=UnitChips(images),
         valid=_load_valid(folder, images.shape[-2:]),
@@ -138,7 +140,7 @@ def load_chipset(folder: str | Path) -> ChipSet:
         channel_names=list(stats["channel_names"]),
         mean=np.asarray(stats["mean"], dtype=np.float32),
         std=np.asarray(stats["std"], dtype=np.float32),
-        masks=np.load(folder / "masks.npy", mmap_mode="r") if (folder / "masks.npy").exists() else None,
+        masks=load_stacked(folder / "masks.npy") if (folder / "masks.npy").exists() else None,
         mask_classes=list(stats.get("mask_classes", [])),
         boxes=boxes,
         box_classes=box_classes,
@@ -148,7 +150,7 @@ def load_chipset(folder: str | Path) -> ChipSet:
 def _load_valid(folder: Path, size: tuple[int, int]) -> np.ndarray | PackedMasks:
     if (folder / "valid.npy").exists():  # a cache written before valid masks were packed
         return np.load(folder / "valid.npy", mmap_mode="r")
-    return PackedMasks(np.load(folder / "valid_bits.npy", mmap_mode="r"), size)
+    return PackedMasks(load_stacked(folder / "valid_bits.npy"), size)
 
 
 def write_chipset(out_dir: Path, images: Sequence[np.ndarray], valid: Sequence[np.ndarray], rows: list[dict[str, object]],
@@ -172,32 +174,6 @@ def write_chipset(out_dir: Path, images: Sequence[np.ndarray], valid: Sequence[n
         write_stacked(out_dir / "masks.npy", (np.full(size, MASK_IGNORE, np.uint8) if mask is None else mask
                                              for mask in masks), np.uint8, count=len(masks), shape=size)
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-
-
-def write_stacked(path: Path, arrays: Iterable[np.ndarray], dtype: np.dtype | type | None = None,
-                  count: int | None = None, shape: tuple[int, ...] | None = None, chunk: int = 256) -> None:
-    """Same-shaped arrays as one (N, …) ``.npy``, ``chunk`` at a time: the bytes of ``np.save(np.stack(arrays))``
-    without the stack in memory. ``count`` and ``shape`` default to ``len(arrays)`` and the first array's;
-    ``dtype`` to the first array's."""
-    count = len(arrays) if count is None else count
-    stream_of = iter(arrays)
-    first = next(stream_of)
-    dtype = np.dtype(first.dtype if dtype is None else dtype)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-              "shape": (count, *(np.shape(first) if shape is None else shape))}
-    written = 0
-    with open(path, "wb") as stream:
-        np.lib.format.write_array_header_1_0(stream, header)
-        buffer = [first]
-        for array in stream_of:
-            if len(buffer) == chunk:
-                stream.write(np.ascontiguousarray(np.stack(buffer), dtype=dtype).data)
-                written, buffer = written + len(buffer), []
-            buffer.append(array)
-        stream.write(np.ascontiguousarray(np.stack(buffer), dtype=dtype).data)
-        written += len(buffer)
-    if written != count:
-        raise ValueError(f"{path.name}: {written} arrays written, {count} announced")
 
 
 def read_box_cache(folder: Path) -> tuple[list[np.ndarray | None] | None, list[str]]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.chips import write_stacked
+from pipeline.data.shards import write_stacked
 from pipeline.ingest.sources import FileChips, FileTask
 
 # Results with more chip bytes than this go through a file; 8 MiB is ~130 four-band 64² chips.

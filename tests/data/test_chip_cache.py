@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data.chips import UNIT_SCALE, load_chipset, write_chipset
+from pipeline.data.shards import write_stacked
 from tests.fixtures.stored import STORED_ATOL
 
 
@@ -51,3 +52,15 @@ def test_a_float32_cache_of_the_earlier_format_still_loads(tmp_path):
     chips = load_chipset(tmp_path)
     assert chips.images[2].tobytes() == images[2].tobytes()
     np.testing.assert_array_equal(chips.valid[:], valid)
+
+
+def test_a_sharded_cache_loads_as_one(tmp_path):
+    images, valid, rows, stats = _chips(n=10)
+    write_chipset(tmp_path, images, valid, rows, stats)
+    whole = load_chipset(tmp_path).images[:]  # a copy: the file is rewritten below, never while mapped
+    stored = np.load(tmp_path / "chips.npy")
+    write_stacked(tmp_path / "chips.npy", list(stored), shard_bytes=3 * stored[0].nbytes)  # 4 shards
+    assert len(list(tmp_path.glob("chips*.npy"))) == 4
+    sharded = load_chipset(tmp_path)
+    np.testing.assert_array_equal(sharded.images[:], whole)
+    np.testing.assert_array_equal(sharded.images[[9, 2, 3]], whole[[9, 2, 3]])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.ingest.sources import FileChips
-from pipeline.data.chips import write_stacked
+from pipeline.data.shards import write_stacked
 from pipeline.ingest.file_pool import SPILL_BYTES, read_in_order, restore_spilled, spill_large
 from tests.fixtures.geotiff_files import PRESET, config, reflectance, write_raster
 

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.data.chips import channel_statistics, write_stacked
+from pipeline.data.chips import channel_statistics
+from pipeline.data.shards import write_stacked
 from pipeline.ingest.spill import SpilledArrays
 
 
