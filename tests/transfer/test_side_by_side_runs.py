@@ -34,8 +34,13 @@ def test_one_worker_or_one_item_runs_here_without_the_worker_setup():
 
 
 def test_the_worker_setup_runs_in_each_worker_before_its_runs():
-    out = map_side_by_side(lambda x: torch.get_num_threads(), [0, 1, 2], workers=2,
-                           worker_setup=lambda: torch.set_num_threads(1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # what the workers inherit, unless their setup changes it
+    try:
+        out = map_side_by_side(lambda x: torch.get_num_threads(), [0, 1, 2], workers=2,
+                               worker_setup=lambda: torch.set_num_threads(1))
+    finally:
+        torch.set_num_threads(threads)
     assert out == [1, 1, 1]
 
 
