@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.data.shards import write_stacked
 from pipeline.ingest.sources import FileChips, FileTask
+from pipeline.ingest.spill import SpilledArrays
 
 # Results with more chip bytes than this go through a file; 8 MiB is ~130 four-band 64² chips.
 SPILL_BYTES = 8 * 2**20
@@ -98,8 +99,8 @@ def _read_chunk(function, tasks: Sequence[FileTask], start: int, folder: Path) -
 def spill_large(result: FileChips, folder: Path, name: str) -> FileChips:
     """In a helper: move a large result's images and valid masks into ``folder`` (``<name>.images.npy``,
     ``<name>.valid.npy``); the returned result names the files and carries no chips."""
-    if sum(image.nbytes for image in result.images) <= SPILL_BYTES:
-        return result
+    if isinstance(result.images, SpilledArrays) or sum(image.nbytes for image in result.images) <= SPILL_BYTES:
+        return result  # already in files (the reader spilled a large scene), or small
     if len({image.shape for image in result.images}) != 1:  # never from one file's reader; kept in the pipe
         return result
     write_stacked(folder / f"{name}.images.npy", result.images)

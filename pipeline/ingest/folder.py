@@ -26,6 +26,7 @@ from pipeline.data.chips import channel_statistics, write_chipset
 from pipeline.ingest.boxes import boxes_for_chips
 from pipeline.ingest.file_pool import read_in_order
 from pipeline.ingest.ingested import IngestedChips, IngestError
+from pipeline.ingest.spill import LARGE_FILE_BYTES
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.source_kinds import SOURCE_KINDS
@@ -63,7 +64,9 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
                         not in {line["path"] for line in plan.rejected}]
     tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt,
                       domain, found.frame_masks.get(path), bands=plan.bands.get(path) if plan else None,
-                      channel_names=plan.channel_names if plan else None) for path in found.images]
+                      channel_names=plan.channel_names if plan else None,
+                      spill_dir=str(spill_dir / "files") if spill_dir else "", spill_above=LARGE_FILE_BYTES)
+             for path in found.images]
     out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes,
                         band_plan=plan.summary if plan else {})
     if spill_dir is not None:

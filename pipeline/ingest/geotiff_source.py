@@ -19,6 +19,8 @@ else its ``labels.csv`` row. GDAL's block cache is capped at ``GDAL_CACHE_BYTES`
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,14 +100,16 @@ def read_geotiff_file(task: FileTask) -> FileChips:
         if min(scene.grid.width, scene.grid.height) < task.cfg.chip_size:
             out.no_chip_reason = (f"the {scene.grid.width}x{scene.grid.height} scene is smaller than chip_size "
                                   f"{task.cfg.chip_size}")
-        chips = []
-        for chip in scene.read_chips(task.cfg.chip_size):
-            if chip.valid_fraction < options.min_valid_fraction:
-                out.dropped_low_valid += 1
-            else:
-                chips.append((chip, chip.data, chip.valid))
+        if task.spill_dir and scene.grid.width * scene.grid.height * len(out.channel_names) * 4 > task.spill_above:
+            out.spill_to(Path(task.spill_dir) / hashlib.sha1(task.relative.encode()).hexdigest()[:16])
+        sar = recipe is not None and recipe.values == "sar_db"
+        # SAR input kind and a float scene's range group come from the median of all its chips, so those scenes'
+        # chips are gathered first; any other scene's chips go on as they are read
+        gathered = sar or any(str(t).startswith("float") for t in scene.dtypes)
+        kept = _kept_chips(scene, task.cfg.chip_size, options.min_valid_fraction, out)
+        chips = list(kept) if gathered else kept
         sar_input = None
-        if recipe is not None and recipe.values == "sar_db" and chips:
+        if sar and chips:
             sar_input = input_kind(options.sar.input, scene.dtypes, valid_median(chips))
             chips = _in_decibels(chips, out, sar_input, options)
         labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
@@ -117,9 +121,18 @@ def read_geotiff_file(task: FileTask) -> FileChips:
             if labels is not None:
                 labels.close()
         if out.range_group:
-            out.range_group = range_group(scene, sar_input, chips)
+            out.range_group = range_group(scene, sar_input, chips if gathered else [])
         out.intensity = _intensity_text(out, sar_input, options)
     return out
+
+
+def _kept_chips(scene: Scene, size: int, min_valid_fraction: float, out: FileChips) -> Iterator[tuple]:
+    """(chip, data, valid) of each chip with enough valid pixels, as read; the others are counted in ``out``."""
+    for chip in scene.read_chips(size):
+        if chip.valid_fraction < min_valid_fraction:
+            out.dropped_low_valid += 1
+        else:
+            yield chip, chip.data, chip.valid
 
 
 def _channel_names(scene: Scene, requested: list | None) -> list[str]:

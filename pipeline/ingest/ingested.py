@@ -4,6 +4,7 @@ constant chips). The chips themselves may live on disk (:mod:`pipeline.ingest.sp
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,12 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config_data import DomainDataConfig
-from pipeline.data.chips import MASK_IGNORE
 from pipeline.ingest.dicom_source import normalise_deferred
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.sources import FileChips, constant_chips
-from pipeline.ingest.spill import SpilledArrays
+from pipeline.ingest.spill import SpilledArrays, keep_items, spilled_lists
 from pipeline.ingest.value_ranges import ClipCounts, clip_counts, fit_range, to_unit
 
 
@@ -62,7 +62,14 @@ class IngestedChips:
     files_seen: int = 0
 
     def add(self, result: FileChips) -> None:
-        """Merge one file's result; a file whose channels differ from the first file's is rejected."""
+        """Merge one file's result (and delete its spilled chips, if a reader spilled them); a file whose channels
+        differ from the first file's is rejected."""
+        try:
+            self._add(result)
+        finally:
+            result.close_spill()
+
+    def _add(self, result: FileChips) -> None:
         self.identifiers.update(result.phi)
         if result.images and self.channel_names and result.channel_names != self.channel_names:
             result = FileChips(result.relative, modality=result.modality,
@@ -118,29 +125,20 @@ class IngestedChips:
     def keep_chips(self, keep: list[bool]) -> None:
         """Drop the chips where ``keep`` is False from every per-chip list."""
         for name in ("images", "valid", "rows", "masks", "deferred", "range_group"):
-            values = getattr(self, name)
-            if isinstance(values, SpilledArrays):
-                values.keep(keep)
-            else:
-                setattr(self, name, [value for value, kept in zip(values, keep) if kept])
+            setattr(self, name, keep_items(getattr(self, name), keep))
 
     def spill_to(self, folder: Path) -> None:
         """Keep the chips, valid masks and segmentation masks in files below ``folder`` from now on (before the
-        first :meth:`add`), so memory does not grow with the number of chips."""
-        folder.mkdir(parents=True, exist_ok=True)
-        self.images = SpilledArrays(folder / "images.bin", np.float32)
-        self.valid = SpilledArrays(folder / "valid.bin", np.bool_)
-        self.masks = SpilledArrays(folder / "masks.bin", np.uint8, fill=MASK_IGNORE)
+        first :meth:`add`), so memory does not grow with the number of chips; a reader may spill a large file's
+        chips there too (``FileTask.spill_dir``)."""
+        vars(self).update(spilled_lists(folder))
 
     def close(self) -> None:
-        """Delete the spilled files and their folder, if any."""
-        folders = set()
-        for values in (self.images, self.valid, self.masks):
-            if isinstance(values, SpilledArrays):
+        """Delete the spilled files and their folder (with any a reader left there), if any."""
+        if isinstance(self.images, SpilledArrays):
+            for values in (self.images, self.valid, self.masks):
                 values.close()
-                folders.add(values.path.parent)
-        for folder in folders:
-            folder.rmdir()  # it held only the spilled files
+            shutil.rmtree(self.images.path.parent, ignore_errors=True)
 
     def subset(self, name: str, indexes: list[int]) -> Sequence:
         """The chips (``name``: images / valid) at ``indexes``, read lazily when they are spilled."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.value_ranges import ClipCounts
 from pipeline.data.chips import MASK_IGNORE
+from pipeline.ingest.spill import SpilledArrays, keep_items, spilled_lists
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import NotAnImageError
 
@@ -50,6 +52,10 @@ class FileTask:
     # before reading (pipeline.ingest.geotiff_source.plan_scenes); None = data.<domain>.geotiff.bands as is
     bands: tuple[int | str, ...] | None = None
     channel_names: tuple[str, ...] | None = None
+    # where a reader keeps a file's chips instead of in memory when they would take more than spill_above bytes
+    # ("" = always in memory; pipeline.ingest.spill)
+    spill_dir: str = ""
+    spill_above: int = 0
 
 
 @dataclass
@@ -86,7 +92,18 @@ class FileChips:
         for name in ("images", "valid", "rows", "masks"):
             values = getattr(self, name)
             if len(values) == len(keep):
-                setattr(self, name, [value for value, kept in zip(values, keep) if kept])
+                setattr(self, name, keep_items(values, keep))
+
+    def spill_to(self, folder: Path) -> None:
+        """Keep this file's chips in files below ``folder`` as they are added (a scene too large to hold)."""
+        vars(self).update(spilled_lists(folder))
+
+    def close_spill(self) -> None:
+        """Delete the spilled chips (once merged), if any."""
+        if isinstance(self.images, SpilledArrays):
+            for values in (self.images, self.valid, self.masks):
+                values.close()
+            shutil.rmtree(self.images.path.parent, ignore_errors=True)
 
     def drop_constant_chips(self) -> None:
         """Apply the constant-chip rule (:func:`constant_chips`) and count what it dropped."""

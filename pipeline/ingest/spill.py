@@ -16,6 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.chips import MASK_IGNORE
+
+
+LARGE_FILE_BYTES = 256 * 2**20  # a file whose float32 chips would take more goes to the spill as it is read
+
 
 class SpilledArrays:
     """A list of arrays of one shape and dtype (fixed by the first one), stored in ``path``.
@@ -84,7 +89,15 @@ class SpilledArrays:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+    def __getstate__(self) -> dict:
+        """Pickled (a helper process hands its spilled chips to the main process) as the file's path and layout."""
+        return {name: value for name, value in vars(self).items() if name != "_fd"}
+
+    def __setstate__(self, state: dict) -> None:
+        vars(self).update(state)
+        self._fd = os.open(self.path, os.O_RDWR)
 
     # storage
 
@@ -107,6 +120,22 @@ class SpilledArrays:
         for physical, present in enumerate(self.present):
             if not present:
                 self._write_at(physical, None)
+
+
+def keep_items(values: list | SpilledArrays, keep: Sequence[bool]) -> list | SpilledArrays:
+    """``values`` without the items where ``keep`` is False: a spilled list in place, a list as a new list."""
+    if isinstance(values, SpilledArrays):
+        values.keep(keep)
+        return values
+    return [value for value, kept in zip(values, keep) if kept]
+
+
+def spilled_lists(folder: Path) -> dict[str, SpilledArrays]:
+    """Empty spilled lists for a set of chips (images, valid masks, segmentation masks) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"images": SpilledArrays(folder / "images.bin", np.float32),
+            "valid": SpilledArrays(folder / "valid.bin", np.bool_),
+            "masks": SpilledArrays(folder / "masks.bin", np.uint8, fill=MASK_IGNORE)}
 
 
 class LazySubset:

@@ -100,3 +100,28 @@ def test_two_workers_spill_scenes_and_write_the_same_cache(tmp_path):
     assert reports[0] == reports[1] and reports[0]["chips"]["kept"] == 2 * (side // 32) ** 2
     for name in ("chips.npy", "valid_bits.npy", "manifest.csv", "stats.json"):
         assert (tmp_path / "out_1" / name).read_bytes() == (tmp_path / "out_2" / name).read_bytes(), name
+
+
+def test_scenes_a_reader_spills_as_it_reads_give_the_same_cache_with_any_worker_count(tmp_path, monkeypatch):
+    """A scene too large to hold goes to the spill chip by chip, in the main process or in a helper (whose
+    spilled chips reach the main process as files); the cache is the bytes of an ingest that held them."""
+    from pipeline.ingest import folder, spill
+    from pipeline.ingest.folder import ingest_folder
+    from pipeline.ingest.sources import FileChips
+
+    spilled_scenes, original = [], FileChips.spill_to
+    monkeypatch.setattr(FileChips, "spill_to", lambda self, where: spilled_scenes.append(self.relative)
+                        or original(self, where))
+    for n in range(3):
+        write_raster(tmp_path / "src" / f"scene_{n}.tif", reflectance(n, 4, 256), scales=[1e-4] * 4)
+    cfg, caches = config(), {}
+    for name, threshold, workers in (("held", 1 << 40, 1), ("spilled", 0, 1), ("spilled_2", 0, 2)):
+        monkeypatch.setattr(folder, "LARGE_FILE_BYTES", threshold)
+        out = tmp_path / name
+        out.mkdir()
+        ingest_folder(tmp_path / "src", cfg, PRESET, 0, out, workers=workers, domain="remote")
+        assert not (out / ".spill").exists()
+        caches[name] = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "ingest_report.json"}
+    assert spilled_scenes[:3] == ["scene_0.tif", "scene_1.tif", "scene_2.tif"]  # the 1-worker run spilled all
+    assert caches["spilled"] == caches["held"] == caches["spilled_2"]
+    assert spill.LARGE_FILE_BYTES == 256 * 2**20  # the module default is untouched
