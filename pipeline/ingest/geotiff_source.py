@@ -20,7 +20,7 @@ else its ``labels.csv`` row. GDAL's block cache is capped at ``GDAL_CACHE_BYTES`
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from pipeline.ingest.sources import FileChips, FileTask
 from pipeline.ingest.value_ranges import clip_counts, configured_range, range_pairs, to_unit
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import GeoChip
-from pipeline.io.sar import input_kind, to_decibels, with_ratios
+from pipeline.io.sar import input_kind, ratio_channels, to_decibels, with_ratios
 from pipeline.presets import PRESETS
 
 
@@ -100,18 +100,12 @@ def read_geotiff_file(task: FileTask) -> FileChips:
         if min(scene.grid.width, scene.grid.height) < task.cfg.chip_size:
             out.no_chip_reason = (f"the {scene.grid.width}x{scene.grid.height} scene is smaller than chip_size "
                                   f"{task.cfg.chip_size}")
-        if task.spill_dir and scene.grid.width * scene.grid.height * len(out.channel_names) * 4 > task.spill_above:
+        large = bool(task.spill_dir) and scene.grid.width * scene.grid.height * len(out.channel_names) * 4 > \
+            task.spill_above
+        if large:  # its chips go to the spill as they are read
             out.spill_to(Path(task.spill_dir) / hashlib.sha1(task.relative.encode()).hexdigest()[:16])
         sar = recipe is not None and recipe.values == "sar_db"
-        # SAR input kind and a float scene's range group come from the median of all its chips, so those scenes'
-        # chips are gathered first; any other scene's chips go on as they are read
-        gathered = sar or any(str(t).startswith("float") for t in scene.dtypes)
-        kept = _kept_chips(scene, task.cfg.chip_size, options.min_valid_fraction, out)
-        chips = list(kept) if gathered else kept
-        sar_input = None
-        if sar and chips:
-            sar_input = input_kind(options.sar.input, scene.dtypes, valid_median(chips))
-            chips = _in_decibels(chips, out, sar_input, options)
+        chips, median, sar_input = _physical_chips(scene, task.cfg.chip_size, options, sar, large, out)
         labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
         fixed = configured_range(options.value_range, len(out.channel_names), f"{key}.value_range", task.relative)
         try:
@@ -121,9 +115,31 @@ def read_geotiff_file(task: FileTask) -> FileChips:
             if labels is not None:
                 labels.close()
         if out.range_group:
-            out.range_group = range_group(scene, sar_input, chips if gathered else [])
+            out.range_group = range_group(scene, sar_input, median)
         out.intensity = _intensity_text(out, sar_input, options)
     return out
+
+
+def _physical_chips(scene: Scene, size: int, options: GeoTiffOptions, sar: bool, large: bool,
+                    out: FileChips) -> tuple[Iterable[tuple], float | None, str | None]:
+    """The scene's kept chips in physical units (SAR: in dB, ``out.channel_names`` with the ratio), the median of
+    their valid values where it decides something (a SAR scene's input kind, a float scene's range group; None
+    otherwise or without chips) and the SAR input kind. A large scene's chips are read as they are used, after a
+    first pass for the median alone; a small one's are gathered, one pass."""
+    chips = _kept_chips(scene, size, options.min_valid_fraction, out)
+    median = None
+    if sar or any(str(t).startswith("float") for t in scene.dtypes):
+        if large:
+            median = _scene_median(scene, size, options.min_valid_fraction)
+        else:
+            chips = list(chips)
+            median = valid_median(chips) if chips else None
+    sar_input = input_kind(options.sar.input, scene.dtypes, median) if sar and median is not None else None
+    if sar_input:
+        if options.sar.ratio:
+            out.channel_names = [*out.channel_names, *(name for _, _, name in ratio_channels(out.channel_names))]
+        chips = _in_decibels(chips, out, sar_input, options)
+    return chips, median, sar_input
 
 
 def _kept_chips(scene: Scene, size: int, min_valid_fraction: float, out: FileChips) -> Iterator[tuple]:
@@ -152,19 +168,28 @@ def valid_median(chips: list[tuple[GeoChip, np.ndarray, np.ndarray]]) -> float:
     return float(np.median(values)) if values.size else 0.0
 
 
-def _in_decibels(chips: list, out: FileChips, sar_input: str, options: GeoTiffOptions) -> list:
-    """SAR chips in dB (plus the polarisation ratio); a chip whose share of valid pixels falls under
-    ``min_valid_fraction`` once non-positive linear values are invalid is dropped like any other."""
-    converted = []
+def _in_decibels(chips: Iterable[tuple], out: FileChips, sar_input: str, options: GeoTiffOptions) -> Iterator[tuple]:
+    """SAR chips in dB (plus the polarisation ratio; ``out.channel_names`` already names it); a chip whose share
+    of valid pixels falls under ``min_valid_fraction`` once non-positive linear values are invalid is dropped like
+    any other."""
     for chip, data, valid in chips:
         data, valid = to_decibels(data, valid, sar_input)
         if valid.mean() < options.min_valid_fraction:
             out.dropped_low_valid += 1
             continue
         if options.sar.ratio:
-            data, out.channel_names = with_ratios(data, out.channel_names[:data.shape[0]])
-        converted.append((chip, data, valid))
-    return converted
+            data, _ = with_ratios(data, out.channel_names[:data.shape[0]])
+        yield chip, data, valid
+
+
+def _scene_median(scene: Scene, size: int, min_valid_fraction: float) -> float | None:
+    """:func:`valid_median` of the scene's kept chips, read once without holding them; None without any."""
+    samples = [chip.data[:, chip.valid][:, ::16].ravel().copy() for chip in scene.read_chips(size)
+               if chip.valid_fraction >= min_valid_fraction]
+    if not samples:
+        return None
+    values = np.concatenate(samples)
+    return float(np.median(values)) if values.size else 0.0
 
 
 def _add_chip(out: FileChips, task: FileTask, chip: GeoChip, data: np.ndarray, valid: np.ndarray,
@@ -198,7 +223,7 @@ def _intensity_text(out: FileChips, kind: str | None, options: GeoTiffOptions) -
     return f"{sar}value range {shown} -> [0, 1]"
 
 
-def range_group(scene: Scene, sar_input: str | None, chips: list) -> str:
+def range_group(scene: Scene, sar_input: str | None, median: float | None) -> str:
     """Scenes whose values share a range: the same stored types, scales and offsets, SAR input kind and, for
     floating-point data (no bit depth to go by), the decade of their median magnitude: reflectance in [0, 1] and
     reflectance × 10⁴ stored as float32 are not mapped by one range."""
@@ -207,7 +232,7 @@ def range_group(scene: Scene, sar_input: str | None, chips: list) -> str:
     offsets = "/".join(dict.fromkeys(f"{o:+g}" for o in scene.grid.offsets if o != 0.0))
     magnitude = ""
     if any(str(t).startswith("float") for t in scene.dtypes) and sar_input is None:
-        median = abs(valid_median(chips)) if chips else 0.0
+        median = abs(median) if median is not None else 0.0
         magnitude = f"~1e{int(np.floor(np.log10(median)))}" if median > 0 else "~0"
     parts = (types, scales, offsets, magnitude, f"SAR {sar_input}" if sar_input else "")
     return " ".join(part for part in parts if part)

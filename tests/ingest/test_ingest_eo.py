@@ -299,3 +299,28 @@ def test_a_class_raster_id_without_a_name_rejects_its_scene_with_one_line(tmp_pa
     (line,) = report["rejected"]
     assert line["reason"] == ("s.tif: class raster value 7 has no class name; name it in classes.json "
                               "mask_classes") and report["files"]["ingested"] == 1
+
+
+def test_large_sar_and_float_scenes_read_twice_give_the_cache_of_one_pass(tmp_path, monkeypatch):
+    """A scene too large to hold (here every scene: the threshold is 0) is read twice, a first pass for the median
+    that decides a SAR scene's input kind or a float scene's range group, then chip by chip into the spill."""
+    from pipeline.ingest import folder
+
+    rng = np.random.default_rng(11)
+    amplitude = rng.integers(50, 800, (2, 64, 64)).astype(np.uint16)
+    amplitude[:, :32, :30] = 0  # GRD zeros outside the swath: a chip dropped after the dB conversion
+    write_raster(tmp_path / "sar" / "grd.tif", amplitude, descriptions=["VV", "VH"])
+    write_raster(tmp_path / "sar" / "sigma0.tif", rng.gamma(2.0, 0.05, (2, 64, 64)).astype(np.float32),
+                 descriptions=["VV", "VH"])
+    write_raster(tmp_path / "optical" / "float.tif", rng.uniform(0, 0.6, (4, 64, 64)).astype(np.float32))
+    for source, cfg in (("sar", _sar_config()), ("optical", config(block_size_px=32))):
+        caches = {}
+        for name, threshold in (("held", 1 << 40), ("two_passes", 0)):
+            monkeypatch.setattr(folder, "LARGE_FILE_BYTES", threshold)
+            out = tmp_path / f"{source}_{name}"
+            report = ingest(tmp_path / source, out, cfg)
+            caches[name] = report, {p.name: p.read_bytes() for p in out.iterdir() if p.name != "ingest_report.json"}
+        assert caches["held"] == caches["two_passes"], source
+        assert caches["held"][0]["chips"]["kept"] > 0
+    names = json.loads((tmp_path / "sar_two_passes" / "stats.json").read_text())["channel_names"]
+    assert len(names) == 3 and names[2].endswith("_ratio")  # vv, vh and the ratio channel
