@@ -4,7 +4,6 @@ constant chips). The chips themselves may live on disk (:mod:`pipeline.ingest.sp
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pipeline.ingest.dicom_source import normalise_deferred
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.sources import FileChips, constant_chips
-from pipeline.ingest.spill import SpilledArrays, keep_items, spilled_lists
+from pipeline.ingest.spill import SpilledArrays, close_spilled, keep_items, spilled_lists
 from pipeline.ingest.value_ranges import ClipCounts, clip_counts, fit_range, to_unit
 
 
@@ -135,10 +134,7 @@ class IngestedChips:
 
     def close(self) -> None:
         """Delete the spilled files and their folder (with any a reader left there), if any."""
-        if isinstance(self.images, SpilledArrays):
-            for values in (self.images, self.valid, self.masks):
-                values.close()
-            shutil.rmtree(self.images.path.parent, ignore_errors=True)
+        close_spilled(self.images, self.valid, self.masks)
 
     def subset(self, name: str, indexes: list[int]) -> Sequence:
         """The chips (``name``: images / valid) at ``indexes``, read lazily when they are spilled."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.value_ranges import ClipCounts
 from pipeline.data.chips import MASK_IGNORE
-from pipeline.ingest.spill import SpilledArrays, keep_items, spilled_lists
+from pipeline.ingest.spill import close_spilled, keep_items, spilled_lists
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import NotAnImageError
 
@@ -100,10 +99,7 @@ class FileChips:
 
     def close_spill(self) -> None:
         """Delete the spilled chips (once merged), if any."""
-        if isinstance(self.images, SpilledArrays):
-            for values in (self.images, self.valid, self.masks):
-                values.close()
-            shutil.rmtree(self.images.path.parent, ignore_errors=True)
+        close_spilled(self.images, self.valid, self.masks)
 
     def drop_constant_chips(self) -> None:
         """Apply the constant-chip rule (:func:`constant_chips`) and count what it dropped."""

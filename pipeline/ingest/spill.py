@@ -11,6 +11,7 @@ touched once stays resident and counts against the process, a ``pread`` buffer i
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -136,6 +137,16 @@ def spilled_lists(folder: Path) -> dict[str, SpilledArrays]:
     return {"images": SpilledArrays(folder / "images.bin", np.float32),
             "valid": SpilledArrays(folder / "valid.bin", np.bool_),
             "masks": SpilledArrays(folder / "masks.bin", np.uint8, fill=MASK_IGNORE)}
+
+
+def close_spilled(*lists: list | SpilledArrays) -> None:
+    """Delete the spilled ones of ``lists`` and their folders (with anything a reader left there); lists held in
+    memory are left as they are."""
+    spilled = [values for values in lists if isinstance(values, SpilledArrays)]
+    for values in spilled:
+        values.close()
+    for folder in {values.path.parent for values in spilled}:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class LazySubset:
