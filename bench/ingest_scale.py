@@ -8,9 +8,15 @@ size of the cache on disk and what the same chips take as float32 (the cache's f
   scenes  ``--scenes`` Sentinel-2-like 4-band GeoTIFF scenes of ``--scene-size``² (the remote demo generator);
   big     one tiled, compressed uint16 scene of ``--width`` × ``--height`` (bench/ingest_geotiff.py's writer).
 
-Goal (issue: a chip cache that scales): peak RSS ≤ 1.5 GB whatever the number of files or the size of a scene.
+``--raw`` also times the raw decoder alone on the same files in a fresh process (pydicom's ``pixel_array`` per
+file; rasterio reading each scene block by block), the floor of what ingest at one worker can take.
+``--parts N`` runs the ingest as N part jobs one after another, each in a fresh process, then the merge
+(``pipeline.ingest.parts``), and reports each one's time and peak RSS and whether the cache equals the single run's.
 
-    python bench/ingest_scale.py --case scenes --scenes 300 --scene-size 1024 [--work /tmp/ingest_scale]
+Goals (issue: a chip cache that scales): peak RSS ≤ 1.5 GB whatever the number of files or the size of a scene;
+at one worker ≥ 0.9× the raw decoder's throughput.
+
+    python bench/ingest_scale.py --case scenes --scenes 300 --scene-size 1024 [--work /tmp/ingest_scale] [--raw]
 """
 
 from __future__ import annotations
@@ -55,6 +61,17 @@ def generate(case: str, source: Path, args: argparse.Namespace) -> None:
     (source / ".complete").touch()
 
 
+def peak_rss_mb() -> int:
+    """This process's peak RSS: ``VmHWM`` (Linux), which starts afresh at exec; ``ru_maxrss`` would carry the
+    parent's peak over into a spawned child (the parent that just generated 5,000 DICOM slices: 1.3 GB)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def ingest_in_this_process(case: str, source: str, out: str, params: str, workers: int, queue) -> None:
     config = load_config(params)
     section = config.data[DOMAIN_OF[case]]
@@ -63,20 +80,84 @@ def ingest_in_this_process(case: str, source: str, out: str, params: str, worker
     report = ingest_folder(Path(source), section, PRESETS[section.preset], config.seed, Path(out), workers=workers,
                            domain=DOMAIN_OF[case])
     queue.put({"seconds": round(time.perf_counter() - started, 1), "chips": report["chips"]["kept"],
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)})
+               "peak_rss_mb": peak_rss_mb()})
+
+
+def part_in_this_process(case: str, source: str, parts: str, params: str, workers: int, part: str, queue) -> None:
+    from pipeline.ingest.part_spec import PartSpec
+    from pipeline.ingest.parts import ingest_part
+
+    config = load_config(params)
+    section = config.data[DOMAIN_OF[case]].model_copy(update={"source": source})
+    started = time.perf_counter()
+    ingest_part(Path(source), section, PRESETS[section.preset], PartSpec.parse(part), Path(parts), workers=workers,
+                domain=DOMAIN_OF[case])
+    queue.put({"seconds": round(time.perf_counter() - started, 1),
+               "peak_rss_mb": peak_rss_mb()})
+
+
+def merge_in_this_process(case: str, source: str, parts: str, out: str, params: str, queue) -> None:
+    from pipeline.ingest.parts import merge_parts
+
+    config = load_config(params)
+    section = config.data[DOMAIN_OF[case]].model_copy(update={"source": source})
+    started = time.perf_counter()
+    report = merge_parts(Path(parts), Path(source), section, PRESETS[section.preset], config.seed, Path(out),
+                         domain=DOMAIN_OF[case])
+    queue.put({"seconds": round(time.perf_counter() - started, 1), "chips": report["chips"]["kept"],
+               "peak_rss_mb": peak_rss_mb()})
+
+
+def raw_decode_in_this_process(case: str, source: str, queue) -> None:
+    """The decoder alone: every file's pixels read and dropped (no resize, window, chip or cache)."""
+    started = time.perf_counter()
+    if case == "dicom":
+        import pydicom
+
+        for path in sorted(Path(source).rglob("*.dcm")):
+            pydicom.dcmread(path).pixel_array
+    else:
+        import rasterio
+
+        for path in sorted(Path(source).rglob("*.tif")):
+            with rasterio.open(path) as scene:
+                for _, window in scene.block_windows(1):
+                    scene.read(window=window)
+    queue.put({"seconds": round(time.perf_counter() - started, 1),
+               "peak_rss_mb": peak_rss_mb()})
+
+
+def in_fresh_process(target, *args) -> dict:
+    """``target(*args, queue)`` in a spawned process: its peak RSS is that work's alone."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    process.join()  # the child's result is a small dict: it fits the queue's pipe before the child exits
+    if process.exitcode != 0:
+        raise SystemExit(f"{target.__name__} failed (exit code {process.exitcode}); its traceback is above")
+    return queue.get(timeout=60)
+
+
+def measure_parts(case: str, source: Path, work: Path, params: str, workers: int, count: int) -> dict:
+    parts, out = work / "parts", work / "merged"
+    shutil.rmtree(parts, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    jobs = [in_fresh_process(part_in_this_process, case, str(source), str(parts), params, workers, f"{k}/{count}")
+            for k in range(count)]
+    merge = in_fresh_process(merge_in_this_process, case, str(source), str(parts), str(out), params)
+    same = all((out / p.name).read_bytes() == p.read_bytes() for p in (work / "cache").iterdir() if p.is_file())
+    shutil.rmtree(parts, ignore_errors=True)
+    return {"parts": count, "part_seconds": [job["seconds"] for job in jobs],
+            "part_peak_rss_mb": max(job["peak_rss_mb"] for job in jobs), "merge_seconds": merge["seconds"],
+            "merge_peak_rss_mb": merge["peak_rss_mb"], "cache_equals_single_run": same}
 
 
 def measure(case: str, source: Path, out: Path, params: str, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    context = multiprocessing.get_context("spawn")  # a fresh process: its peak RSS is the ingest's alone
-    queue = context.Queue()
-    process = context.Process(target=ingest_in_this_process, args=(case, str(source), str(out), params, workers, queue))
-    process.start()
-    process.join()  # the child's result is a small dict: it fits the queue's pipe before the child exits
-    if process.exitcode != 0:
-        raise SystemExit(f"ingest failed in its process (exit code {process.exitcode}); its traceback is above")
-    result = queue.get(timeout=60)
+    result = in_fresh_process(ingest_in_this_process, case, str(source), str(out), params, workers)
     stats = json.loads((out / "stats.json").read_text())
     cache_bytes = sum(path.stat().st_size for path in out.iterdir() if path.is_file())
     channels, size = len(stats["channel_names"]), stats["chip_size"]
@@ -99,6 +180,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=36000)
     parser.add_argument("--height", type=int, default=18000)
     parser.add_argument("--bands", type=int, default=4)
+    parser.add_argument("--raw", action="store_true", help="also time the raw decoder on the same files")
+    parser.add_argument("--parts", type=int, default=0, help="also run as this many part jobs and a merge")
     args = parser.parse_args()
     shape = {"dicom": f"{args.patients}x{args.slices}x{args.size}", "scenes": f"{args.scenes}x{args.scene_size}",
              "big": f"{args.width}x{args.height}x{args.bands}"}[args.case]
@@ -107,6 +190,12 @@ def main() -> None:
     generate(args.case, source, args)
     generated_s = time.perf_counter() - started
     result = measure(args.case, source, args.work / "cache", args.params, args.workers)
+    if args.raw:
+        raw = in_fresh_process(raw_decode_in_this_process, args.case, str(source))
+        result |= {"raw_decode_seconds": raw["seconds"], "ingest_vs_raw_throughput": round(raw["seconds"] /
+                                                                                            result["seconds"], 2)}
+    if args.parts:
+        result |= measure_parts(args.case, source, args.work, args.params, args.workers, args.parts)
     print(json.dumps({"case": args.case, "input": shape, "generate_s": round(generated_s, 1), **result}, indent=2))
 
 

@@ -169,6 +169,19 @@ AUGMENT_PRESETS: dict[str, tuple[dict[str, Any], ...]] = {
         {"transform": "RandomBrightnessContrast", "brightness_limit": 0.08, "contrast_limit": 0.1,
          "brightness_by_max": False, "p": 0.5},
     ),
+    # Grey images from an image folder (radiographs, ultrasound, microscopy exported as PNG): the SimCLR recipe
+    # without what needs colour (hue, saturation, grey conversion); brightness / contrast jitter of the same
+    # strength, gamma, blur. Flips stay: a folder of PNGs says nothing about laterality (use medical_xray's DICOM
+    # preset where it does).
+    "grey_images": (
+        {"transform": "RandomResizedCrop", "size": (IMAGE_SIZE, IMAGE_SIZE), "scale": (0.2, 1.0),
+         "area_for_downscale": "image"},
+        {"transform": "HorizontalFlip", "p": 0.5},
+        {"transform": "RandomBrightnessContrast", "brightness_limit": 0.4, "contrast_limit": 0.4,
+         "brightness_by_max": False, "p": 0.8},
+        {"transform": "RandomGamma", "gamma_limit": (80, 125), "p": 0.5},
+        {"transform": "GaussianBlur", "sigma_limit": (0.1, 1.5), "p": 0.5},
+    ),
     # Natural RGB photographs: the SimCLR paper's recipe (crop 0.08–1, flip, colour jitter 0.8 × strength
     # 0.5, grey 0.2, blur 0.5). RGB only: hue and saturation have no meaning for other channel sets.
     "natural_rgb": (

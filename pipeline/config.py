@@ -244,6 +244,12 @@ class Config(_Strict):
         for domain, section in self.data.items():
             if section.preset not in PRESETS:
                 raise ValueError(f"data.{domain}.preset: unknown preset {section.preset!r}; known: {sorted(PRESETS)}")
+            needs = PRESETS[section.preset].image_channels
+            if needs and section.image.channels not in (None, needs):
+                other = next(name for name, preset in PRESETS.items() if preset.image_channels == section.image.channels)
+                raise ValueError(f"data.{domain}.image.channels: {section.image.channels} does not fit preset "
+                                 f"{section.preset!r}, whose augmentation is for {needs} channel(s); use preset "
+                                 f"{other!r} for {section.image.channels}")
             if section.uses_demo and PRESETS[section.preset].demo is None:
                 raise ValueError(f"data.{domain}.source: preset {section.preset!r} has no embedded demo; "
                                  "give a folder of your images")

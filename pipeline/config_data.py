@@ -98,6 +98,9 @@ class GeoTiffOptions(_Strict):
     min_valid_fraction: Fraction = 0.9
     block_size_px: PositiveInt = 256  # spatial-block split cell; larger than the correlation range
     buffer_px: Annotated[int, Field(ge=0)] = 0
+    # a file labelled in labels.csv without a class raster (a labelled tile, EuroSAT / UC Merced style) is one
+    # chip: the tile resized to chip_size; true cuts it into chips that each inherit its label instead
+    chip_labelled_files: bool = False
     sar: SarOptions = SarOptions()
 
     @field_validator("value_range")
@@ -115,7 +118,9 @@ class GeoTiffOptions(_Strict):
 class ImageOptions(_Strict):
     """Plain image folders (PNG / JPEG / TIFF, 8 or 16 bit)."""
 
-    channels: Literal[1, 3] = 3  # grey images are repeated to 3 channels, colour ones averaged to 1 (BT.601)
+    # unset: the preset's (natural_rgb 3, grey_images 1); grey images are repeated to 3 channels, colour ones
+    # averaged to 1 (BT.601)
+    channels: Literal[1, 3] | None = None
     label_from_folder: bool = True  # without labels.csv: the parent folder names the class (ImageFolder layout)
 
 

@@ -70,6 +70,8 @@ class DomainPreset:
         display: how the report draws its chips.
         dicom: for the ``dicom`` reader, which objects it reads and how (None for other readers).
         geotiff: for the ``geotiff`` reader, how values become channels (None for other readers).
+        image_channels: for the ``image`` reader, the channels its augmentation recipe is written for (grey
+            images are repeated to RGB for a 3-channel recipe, colour ones averaged to grey for a 1-channel one).
     """
 
     reader: Literal["dicom", "geotiff", "image"]
@@ -80,6 +82,7 @@ class DomainPreset:
     display: DisplaySpec = DisplaySpec()
     dicom: DicomRecipe | None = None
     geotiff: GeoRecipe | None = None
+    image_channels: Literal[1, 3] | None = None
 
 
 PRESETS: dict[str, DomainPreset] = {
@@ -147,6 +150,17 @@ PRESETS: dict[str, DomainPreset] = {
         demo=None,
         description="8- or 16-bit PNG / JPEG / TIFF images (CIFAR / STL-10 style folders), random split",
         display=DisplaySpec(rgb=("red", "green", "blue")),
+        image_channels=3,
+    ),
+    "grey_images": DomainPreset(
+        reader="image",
+        split="group",
+        augment="grey_images",
+        demo=None,
+        description="8- or 16-bit grey PNG / JPEG / TIFF images (radiographs, ultrasound exported as images) as "
+                    "one channel, random split",
+        display=DisplaySpec(),
+        image_channels=1,
     ),
 }
 

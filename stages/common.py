@@ -12,6 +12,7 @@ import gc
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.atomic import write_json
@@ -20,9 +21,10 @@ from pipeline.seeding import configure_runtime
 
 
 def start_stage(description: str, with_init: bool = False, uses_torch: bool = True,
-                tasks: list[str] | None = None) -> tuple[Config, argparse.Namespace]:
-    """Parsed arguments (``--domain``, ``--init`` with ``with_init``, ``--task`` one of ``tasks``) and the
-    validated config, with every generator seeded, torch's too if ``uses_torch``.
+                tasks: list[str] | None = None,
+                options: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[Config, argparse.Namespace]:
+    """Parsed arguments (``--domain``, ``--init`` with ``with_init``, ``--task`` one of ``tasks``, a stage's own
+    ``options``) and the validated config, with every generator seeded, torch's too if ``uses_torch``.
 
     Objects alive after the stage's imports, and all objects at exit, are frozen (``gc.freeze``): neither the
     collector during the run nor the interpreter's final collection walks torch's and timm's objects again
@@ -35,6 +37,8 @@ def start_stage(description: str, with_init: bool = False, uses_torch: bool = Tr
     if tasks:
         parser.add_argument("--task", required=True, choices=tasks)
     parser.add_argument("--params", default="params.yaml")
+    if options:
+        options(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:

@@ -26,12 +26,15 @@ from pipeline.data.chips import channel_statistics, write_chipset
 from pipeline.ingest.boxes import boxes_for_chips
 from pipeline.ingest.file_pool import read_in_order
 from pipeline.ingest.ingested import IngestedChips, IngestError
+from pipeline.ingest.part_spec import WHOLE, PartSpec
 from pipeline.ingest.spill import LARGE_FILE_BYTES
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.source_kinds import SOURCE_KINDS
-from pipeline.ingest.sources import FileTask, read_class_names, read_file_safely, read_labels_csv, read_mask_classes
-from pipeline.ingest.splits import check_no_leakage, group_split, spatial_block_split
+from pipeline.ingest.labels_table import read_labels_csv, read_labels_table
+from pipeline.ingest.sources import FileTask, read_class_names, read_file_safely, read_mask_classes
+from pipeline.ingest.splits import (check_no_leakage, group_split, join_blocks_across_files, map_cells,
+                                    spatial_block_split)
 from pipeline.presets import DomainPreset
 
 log = logging.getLogger(__name__)
@@ -50,11 +53,23 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
                 domain: str = "", spill_dir: Path | None = None) -> IngestedChips:
     """Read every file of one kind below ``source``, in sorted order whatever the number of workers; with
     ``spill_dir``, the chips go to files there as they are read (call the result's ``close`` when done)."""
+    return finish_reading(read_files(source, cfg, reader, workers, strict, domain, spill_dir), source, cfg)
+
+
+def read_files(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False,
+               domain: str = "", spill_dir: Path | None = None, part: PartSpec = WHOLE) -> IngestedChips:
+    """Every file's chips and outcome, before anything that needs all files (:func:`finish_reading`).
+
+    ``part``: only that part's contiguous slice of the sorted files is read (:mod:`pipeline.ingest.parts`); the
+    folder-wide first passes (label objects, a GeoTIFF band plan) run in every part, and the first part keeps
+    their outcomes, so the parts chained in order hold what one whole read holds.
+    """
     kind = SOURCE_KINDS[reader]
-    labels = read_labels_csv(source)
-    class_names = read_class_names(source, list(labels.values()))
+    class_names = read_class_names(source, list(read_labels_csv(source).values()))
     salt = phi_salt()
     files = kind.list_files(source)
+    table = read_labels_table(source, files)
+    labels = table.labels
     mask_classes = read_mask_classes(source)
     found = kind.find_labels(source, files, mask_classes) if kind.find_labels else FolderLabels(files)
     plan = kind.plan_files(source, found.images, cfg, domain) if kind.plan_files else None
@@ -62,17 +77,21 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
         found.rejected += plan.rejected
         found.images = [path for path in found.images if path.relative_to(source).as_posix()
                         not in {line["path"] for line in plan.rejected}]
+    images = found.images[part.slice_of([path.stat().st_size for path in found.images])]
     tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt,
                       domain, found.frame_masks.get(path), bands=plan.bands.get(path) if plan else None,
                       channel_names=plan.channel_names if plan else None,
                       spill_dir=str(spill_dir / "files") if spill_dir else "", spill_above=LARGE_FILE_BYTES)
-             for path in found.images]
+             for path in images]
     out = IngestedChips(files_seen=len(files), mask_classes=found.mask_classes or mask_classes,
-                        band_plan=plan.summary if plan else {})
+                        band_plan=plan.summary if plan else {}, user_splits=table.splits,
+                        labels_csv=table.report())
     if spill_dir is not None:
         out.spill_to(spill_dir)
     try:
-        out.add_label_objects(found, strict)
+        if part.index == 0:
+            out.add_label_objects(found, strict)
+        out.identifiers.update(found.identifiers)
         for result in read_in_order(partial(read_file_safely, kind.read_file), tasks, workers):
             rejected_before = len(out.rejected)
             if not (strict and (result.rejected or result.skipped)):
@@ -80,11 +99,21 @@ def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int =
             if strict and (result.rejected or result.skipped or len(out.rejected) > rejected_before):
                 redact = PathRedactor(out.identifiers | set(result.phi), salt)
                 raise IngestError(redact.text(result.rejected or result.skipped or out.rejected[-1]["reason"]))
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def finish_reading(out: IngestedChips, source: Path, cfg: DomainDataConfig) -> IngestedChips:
+    """The passes over every file's chips (an MR series' mapping, which files gave chips) and the class names."""
+    try:
         out.finalise(tuple(cfg.dicom.percentiles))
     except BaseException:
         out.close()
         raise
-    out.classes = read_class_names(source, list(labels.values()) + [str(r["label"]) for r in out.rows])
+    out.classes = read_class_names(source, list(read_labels_csv(source).values()) +
+                                   [str(r["label"]) for r in out.rows])
     return out
 
 
@@ -96,16 +125,23 @@ def _split_by_group(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
 def _split_by_block(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
     return spatial_block_split([r["source"] for r in rows], [r["row"] for r in rows], [r["col"] for r in rows],
                                cfg.geotiff.block_size_px, tuple(cfg.split_fractions), seed, cfg.geotiff.buffer_px,
-                               chip_size_px=cfg.chip_size)
+                               chip_size_px=cfg.chip_size, cells=_cells(rows, cfg))
 
 
-def _block_of(row: dict, cfg: DomainDataConfig) -> str:
+def _cells(rows, cfg: DomainDataConfig) -> list[str]:
+    return map_cells([str(r.get("crs", "")) for r in rows], [str(r.get("transform", "")) for r in rows],
+                     cfg.chip_size, cfg.geotiff.block_size_px)
+
+
+def _blocks(rows, cfg: DomainDataConfig) -> list[str]:
+    """Each chip's spatial block, joined with the blocks of other files at the same place (the split's groups)."""
     size = cfg.geotiff.block_size_px
-    return f"{row['source']}#{int(row['row']) // size}/{int(row['col']) // size}"
+    blocks = [f"{row['source']}#{int(row['row']) // size}/{int(row['col']) // size}" for row in rows]
+    return join_blocks_across_files(blocks, [str(row["source"]) for row in rows], _cells(rows, cfg))
 
 
 SPLITTERS = {"group": _split_by_group, "spatial_block": _split_by_block}
-LEAKAGE_UNITS = {"group": lambda row, cfg: str(row["group"]), "spatial_block": _block_of}
+LEAKAGE_UNITS = {"group": lambda rows, cfg: [str(row["group"]) for row in rows], "spatial_block": _blocks}
 
 
 def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int, out_dir: Path,
@@ -125,12 +161,12 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
         raise FileNotFoundError(f"data source {source} is not a folder")
     found = read_folder(source, cfg, preset.reader, workers, strict, domain, spill_dir=out_dir / ".spill")
     try:
-        return _split_and_write(found, source, cfg, preset, seed, out_dir, domain, source_label)
+        return split_and_write(found, source, cfg, preset, seed, out_dir, domain, source_label)
     finally:
         found.close()
 
 
-def _split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int,
+def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int,
                      out_dir: Path, domain: str, source_label: str | None) -> dict:
     """Everything after reading: splits, value ranges, train-only statistics, the cache and its report."""
     redact = PathRedactor(found.identifiers, phi_salt())
@@ -139,7 +175,10 @@ def _split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, 
         report = {"source": label, **outcome_report(found, 0, 0, {}, redact)}
         raise IngestFailed(f"{label}: no chips from {found.files_seen} {preset.reader} files "
                            f"({summarise_reasons(report)})", report)
-    splits = [str(split) for split in SPLITTERS[preset.split](found.rows, cfg, seed)]
+    if found.user_splits:  # labels.csv's split column; a file it does not list only serves pretraining
+        splits = [found.user_splits.get(str(row["source"]), "train") for row in found.rows]
+    else:
+        splits = [str(split) for split in SPLITTERS[preset.split](found.rows, cfg, seed)]
     value_range = {}
     if any(found.range_group):
         value_range, splits = found.map_pending_ranges(splits, cfg)
@@ -152,7 +191,10 @@ def _split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, 
                            f"({summarise_reasons(report)})", report)
     keep = [i for i, split in enumerate(splits) if split != "buffer"]
     rows = [{**found.rows[i], "split": str(splits[i]), "chip_id": n} for n, i in enumerate(keep)]
-    check_no_leakage([LEAKAGE_UNITS[preset.split](row, cfg) for row in rows], [row["split"] for row in rows])
+    units = LEAKAGE_UNITS[preset.split](rows, cfg)
+    if found.user_splits:
+        check_user_split(rows, units, preset.split, redact)
+    check_no_leakage(units, [row["split"] for row in rows])
     train = [i for i, row in zip(keep, rows) if row["split"] == "train"]
     mean, std = channel_statistics(found.subset("images", train), found.subset("valid", train))
     masks = found.subset("masks", keep) if found.has_masks() else None
@@ -161,15 +203,34 @@ def _split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, 
               for split in ("train", "val", "test")}
     stats = {"channel_names": found.channel_names, "classes": found.classes, "mean": mean, "std": std,
              "chip_size": cfg.chip_size, "counts": counts, "mask_classes": mask_classes,
-             "statistics_from": "train split, 2-98 % clipped", **({"value_range": value_range} if value_range else {})}
+             "statistics_from": "train split, 2-98 % clipped", **({"value_range": value_range} if value_range else {}),
+             **({"split_from": "labels.csv split column"} if found.user_splits else {})}
     write_chipset(out_dir, found.subset("images", keep), found.subset("valid", keep), [{**row, "source": redact.path(str(row["source"]))} for row in rows], stats,
                   masks, boxes_for_chips(rows, source, cfg.chip_size))  # boxes from the source's real paths
     report = {"source": label, **outcome_report(found, len(rows), len(splits) - len(keep), counts, redact)}
     if value_range:
         report["value_range"] = value_range
+    report |= found.labels_csv | ({"split_from": "labels.csv split column"} if found.user_splits else {})
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("ingested %d chips from %s: %s", len(rows), label, report["files"])
     return report
+
+
+def check_user_split(rows: list[dict], units: list[str], split_kind: str, redact: PathRedactor) -> None:
+    """A user's split must keep each patient (or spatial block) in one split, as the automatic one does.
+
+    Raises:
+        IngestError: one line naming the group (pseudonymised) and two of its files in different splits.
+    """
+    first: dict[str, tuple[str, str]] = {}
+    what = "patient group" if split_kind == "group" else "spatial block"
+    for row, unit in zip(rows, units):
+        source, split = str(row["source"]), str(row["split"])
+        seen = first.setdefault(unit, (source, split))
+        if seen[1] != split:
+            raise IngestError(f"labels.csv split column: {what} {redact.text(unit)!r} is in {seen[1]} "
+                              f"({redact.path(seen[0])}) and {split} ({redact.path(source)}): give all of its "
+                              "files one split, or drop the column for an automatic split")
 
 
 def outcome_report(found: IngestedChips, chips: int, buffer_dropped: int, counts: dict,

@@ -33,7 +33,7 @@ from pipeline.ingest.scenes import (
     GDAL_CACHE_BYTES, ChipLabels, Scene, list_scenes, open_chip_labels, open_scene, scene_bands,
 )
 from pipeline.data.chips import MASK_IGNORE
-from pipeline.ingest.sources import FileChips, FileTask
+from pipeline.ingest.sources import FileChips, FileTask, resize_chip
 from pipeline.ingest.value_ranges import clip_counts, configured_range, range_pairs, to_unit
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff import GeoChip
@@ -97,7 +97,10 @@ def read_geotiff_file(task: FileTask) -> FileChips:
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
         scene = open_scene(task.path, task.bands if task.bands is not None else options.bands, f"{key}.bands")
         out = FileChips(task.relative, channel_names=list(task.channel_names or _channel_names(scene, options.bands)))
-        if min(scene.grid.width, scene.grid.height) < task.cfg.chip_size:
+        labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
+        tile = labels is None and bool(task.labels.get(task.relative)) and not options.chip_labelled_files
+        side = min(scene.grid.width, scene.grid.height) if tile else task.cfg.chip_size
+        if min(scene.grid.width, scene.grid.height) < side:
             out.no_chip_reason = (f"the {scene.grid.width}x{scene.grid.height} scene is smaller than chip_size "
                                   f"{task.cfg.chip_size}")
         large = bool(task.spill_dir) and scene.grid.width * scene.grid.height * len(out.channel_names) * 4 > \
@@ -105,8 +108,9 @@ def read_geotiff_file(task: FileTask) -> FileChips:
         if large:  # its chips go to the spill as they are read
             out.spill_to(Path(task.spill_dir) / hashlib.sha1(task.relative.encode()).hexdigest()[:16])
         sar = recipe is not None and recipe.values == "sar_db"
-        chips, median, sar_input = _physical_chips(scene, task.cfg.chip_size, options, sar, large, out)
-        labels = open_chip_labels(task.source, task.relative, scene, task.class_names)
+        chips, median, sar_input = _physical_chips(scene, side, options, sar, large, out)
+        if tile:
+            chips = _resized(chips, task.cfg.chip_size)
         fixed = configured_range(options.value_range, len(out.channel_names), f"{key}.value_range", task.relative)
         try:
             for chip, data, valid in chips:
@@ -140,6 +144,14 @@ def _physical_chips(scene: Scene, size: int, options: GeoTiffOptions, sar: bool,
             out.channel_names = [*out.channel_names, *(name for _, _, name in ratio_channels(out.channel_names))]
         chips = _in_decibels(chips, out, sar_input, options)
     return chips, median, sar_input
+
+
+def _resized(chips: Iterable[tuple], size: int) -> Iterator[tuple]:
+    """A labelled tile read as one chip (its largest square from the top-left: all of a square tile) and
+    resized to ``size``, so that one image is one labelled example, as the label means."""
+    for chip, data, valid in chips:
+        data, valid = resize_chip(data, valid, size)
+        yield chip, np.ascontiguousarray(data, dtype=np.float32), valid
 
 
 def _kept_chips(scene: Scene, size: int, min_valid_fraction: float, out: FileChips) -> Iterator[tuple]:

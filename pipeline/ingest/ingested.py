@@ -58,6 +58,8 @@ class IngestedChips:
     files: dict[str, FileOutcome] = field(default_factory=dict)  # readable files by relative path
     modalities: dict[str, Counter] = field(default_factory=dict)  # DICOM Modality → outcome → files
     identifiers: set[str] = field(default_factory=set)  # raw PHI of the folder's files, to redact paths only
+    user_splits: dict[str, str] = field(default_factory=dict)  # labels.csv's split column: file → train/val/test
+    labels_csv: dict[str, object] = field(default_factory=dict)  # the report's entry on unmatched labels.csv rows
     files_seen: int = 0
 
     def add(self, result: FileChips) -> None:

@@ -25,6 +25,7 @@ from pipeline.data.chips import MASK_IGNORE
 from pipeline.ingest.spill import close_spilled, keep_items, spilled_lists
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import NotAnImageError
+from pipeline.presets import PRESETS
 
 CONSTANT_SPREAD = 1e-3  # 1st–99th percentile spread in [0, 1] under which a chip channel is constant
 CONSTANT_SAMPLES = 256  # valid pixels per channel the constant rule looks at (a regular subsample)
@@ -139,18 +140,6 @@ def _spread_below(pixels: np.ndarray) -> bool:
     low, high = int(0.01 * (pixels.shape[1] - 1)), int(np.ceil(0.99 * (pixels.shape[1] - 1)))
     ordered = np.partition(pixels, (low, high), axis=1)
     return bool((ordered[:, high] - ordered[:, low]).max() < CONSTANT_SPREAD)
-
-
-def read_labels_csv(source: Path) -> dict[str, str]:
-    """``labels.csv`` (columns ``path,label``; path relative to the source folder) → {path: label}."""
-    path = source / "labels.csv"
-    if not path.exists():
-        return {}
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs the columns 'path,label', found {reader.fieldnames}")
-        return {row["path"].strip(): row["label"].strip() for row in reader}
 
 
 def read_mask_classes(source: Path) -> list[str]:
@@ -268,6 +257,11 @@ def list_image_files(source: Path) -> list[Path]:
             and "masks" not in p.relative_to(source).parts]
 
 
+def image_channels(cfg: DomainDataConfig) -> int:
+    """The channels an image folder gives: ``image.channels`` if set, else what the preset's recipe is for."""
+    return cfg.image.channels or PRESETS[cfg.preset].image_channels or 3
+
+
 def image_channel_names(channels: int) -> list[str]:
     return ["red", "green", "blue"] if channels == 3 else ["grey"]
 
@@ -278,14 +272,15 @@ def read_image_file(task: FileTask) -> FileChips:
     if raw is None:
         raise UnreadableImageError(f"{task.path}: not a readable PNG / JPEG / TIFF image")
     values, valid = _unit_range(raw, task.path)
-    channels = _match_channels(values, task.cfg.image.channels)
+    count = image_channels(task.cfg)
+    channels = _match_channels(values, count)
     chip, valid = resize_chip(np.moveaxis(channels, -1, 0), valid, task.cfg.chip_size)
     label = task.labels.get(task.relative, "")
     if not label and not task.labels and task.cfg.image.label_from_folder and "/" in task.relative:
         label = Path(task.relative).parent.name
     row = {"source": task.relative, "group": task.relative, "label": label}
     mask = read_raster_mask(task.source / "masks" / Path(task.relative).with_suffix(".png"), task.cfg.chip_size, valid)
-    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(task.cfg.image.channels), [mask],
+    return FileChips(task.relative, [chip], [valid], [row], image_channel_names(count), [mask],
                      intensity=f"{raw.dtype} samples -> [0, 1]")
 
 

@@ -10,6 +10,8 @@ touched once stays resident and counts against the process, a ``pread`` buffer i
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
@@ -55,12 +57,13 @@ class SpilledArrays:
         physical = self.order[index]
         if not self.present[physical]:
             return None
-        data = os.pread(self._fd, self._item_bytes, physical * self._item_bytes)
+        fd, offset = self._locate(physical)
+        data = os.pread(fd, self._item_bytes, offset)
         return np.frombuffer(bytearray(data), dtype=self.dtype).reshape(self.shape)  # writable, owns its memory
 
     def __setitem__(self, index: int, value: np.ndarray) -> None:
         physical = self.order[index]
-        os.pwrite(self._fd, self._bytes_of(value), physical * self._item_bytes)
+        self._write_at(physical, value)
         self.present[physical] = True
 
     def append(self, item: np.ndarray | None) -> None:
@@ -87,10 +90,18 @@ class SpilledArrays:
 
     def close(self) -> None:
         """Close and delete the file."""
+        self.detach()
+        self.path.unlink(missing_ok=True)
+
+    def detach(self) -> None:
+        """Close the file and keep it (an ingest part's chips, for the merge to read)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self.path.unlink(missing_ok=True)
+
+    def layout(self) -> dict:
+        """What :func:`reopen` needs besides the folder: the file's name, dtype, shape and item order."""
+        return {**self.__getstate__(), "path": self.path.name}
 
     def __getstate__(self) -> dict:
         """Pickled (a helper process hands its spilled chips to the main process) as the file's path and layout."""
@@ -104,7 +115,7 @@ class SpilledArrays:
 
     @property
     def _item_bytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # not np.prod: this runs several times per chip
 
     def _bytes_of(self, value: np.ndarray | None) -> bytes:
         if value is None:
@@ -113,14 +124,65 @@ class SpilledArrays:
             raise ValueError(f"{self.path.name}: item of shape {np.shape(value)}, expected {self.shape}")
         return np.ascontiguousarray(value, dtype=self.dtype).tobytes()
 
+    def _locate(self, physical: int, writing: bool = False) -> tuple[int, int]:
+        """The file descriptor and byte offset of a physical item."""
+        return self._fd, physical * self._item_bytes
+
     def _write_at(self, physical: int, value: np.ndarray | None) -> None:
-        os.pwrite(self._fd, self._bytes_of(value), physical * self._item_bytes)
+        fd, offset = self._locate(physical, writing=True)
+        os.pwrite(fd, self._bytes_of(value), offset)
 
     def _backfill(self) -> None:
         """The ``None`` items that came before the first array get their fill now that the shape is known."""
         for physical, present in enumerate(self.present):
             if not present:
                 self._write_at(physical, None)
+
+
+def reopen(folder: Path, layout: dict) -> SpilledArrays:
+    """A list saved by :meth:`SpilledArrays.layout` from its file in ``folder``, read-only: the merge of ingest
+    parts reads them (from wherever the parts' folder is mounted) and never changes them."""
+    values = SpilledArrays.__new__(SpilledArrays)
+    vars(values).update({**layout, "path": Path(folder) / layout["path"]})
+    values._fd = os.open(values.path, os.O_RDONLY)
+    return values
+
+
+class ChainedArrays(SpilledArrays):
+    """Several spilled lists read as one, in order (ingest parts at their merge). An item assigned (a value
+    range or an MR series mapping applied at the merge) is written to this list's own file, so the parts'
+    files stay as their jobs wrote them and the merge can run again."""
+
+    def __init__(self, parts: Sequence[SpilledArrays], path: Path) -> None:
+        shapes = {values.shape for values in parts if values.shape is not None}
+        if len(shapes) > 1:
+            raise ValueError(f"{path.name}: parts hold items of different shapes {sorted(shapes)}")
+        super().__init__(path, parts[0].dtype, parts[0].fill)
+        self.shape = shapes.pop() if shapes else None
+        self.parts = list(parts)
+        self.starts = np.cumsum([0] + [len(values.present) for values in parts]).tolist()
+        self.present = [flag for values in parts for flag in values.present]
+        self.order = [start + physical for start, values in zip(self.starts, parts) for physical in values.order]
+        self.overlay: dict[int, int] = {}  # physical item → its slot in this list's own file
+
+    def append(self, item: np.ndarray | None) -> None:
+        raise TypeError(f"{self.path.name}: chained parts take no new items")
+
+    def detach(self) -> None:
+        super().detach()
+        for values in self.parts:
+            values.detach()
+
+    def __getstate__(self) -> dict:
+        raise TypeError(f"{self.path.name}: chained parts stay in the process that merges them")
+
+    def _locate(self, physical: int, writing: bool = False) -> tuple[int, int]:
+        if writing and physical not in self.overlay:
+            self.overlay[physical] = len(self.overlay)
+        if physical in self.overlay:
+            return self._fd, self.overlay[physical] * self._item_bytes
+        part = bisect.bisect_right(self.starts, physical) - 1
+        return self.parts[part]._fd, (physical - self.starts[part]) * self._item_bytes
 
 
 def keep_items(values: list | SpilledArrays, keep: Sequence[bool]) -> list | SpilledArrays:

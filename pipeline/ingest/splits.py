@@ -176,7 +176,8 @@ def _buffered(train_rc: np.ndarray, other_rc: np.ndarray, chip_size: int, buffer
 
 def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Sequence[int],
                         block_size_px: int, fractions: tuple[float, float, float], seed: int,
-                        buffer_px: int = 0, chip_size_px: int | None = None) -> np.ndarray:
+                        buffer_px: int = 0, chip_size_px: int | None = None,
+                        cells: Sequence[str] | None = None) -> np.ndarray:
     """Split chips by spatial blocks, so neighbouring (correlated) chips never straddle train and test.
 
     A block is ``(scene, row // block_size_px, col // block_size_px)`` from each chip's top-left offset;
@@ -194,6 +195,8 @@ def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Seq
         seed: random seed (deterministic).
         buffer_px: minimum gap in pixels kept between train and val/test chips; 0 disables buffering.
         chip_size_px: chip side in pixels, for the footprint; None infers it as the chips' grid step.
+        cells: per chip, the map cell its centre falls in (:func:`map_cells`; ``""`` when not georeferenced):
+            blocks of different scenes that share a cell are one group (:func:`join_blocks_across_files`).
 
     Returns:
         (N,) str array of ``"train"`` / ``"val"`` / ``"test"`` / ``"buffer"``.
@@ -208,6 +211,8 @@ def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Seq
                          f"{len(scenes)}, {len(rows_a)}, {len(cols_a)}")
     block_rows, block_cols = rows_a // block_size_px, cols_a // block_size_px
     blocks = [f"{s}\x00{r}\x00{c}" for s, r, c in zip(scenes, block_rows, block_cols, strict=True)]
+    if cells is not None:
+        blocks = join_blocks_across_files(blocks, scenes, cells)
     splits = group_split(blocks, fractions, seed)
     if buffer_px == 0 or len(splits) == 0:
         return splits
@@ -220,6 +225,53 @@ def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Seq
     log.info("spatial split: %d blocks, %d of %d chips in the buffer", len(set(blocks)),
              int((splits == BUFFER).sum()), len(splits))
     return splits
+
+
+def map_cells(crs: Sequence[str], transforms: Sequence[str], chip_size_px: int, block_size_px: int) -> list[str]:
+    """Per chip, the cell of a map-wide grid (one per CRS, cells of ``block_size_px`` × the chip's pixel size, from
+    the CRS's origin) that the chip's centre falls in; ``""`` for a chip without a CRS. ``transforms`` are the
+    manifest's ``"a b c d e f"`` affine strings of each chip's top-left."""
+    cells = []
+    for system, transform in zip(crs, transforms, strict=True):
+        if not system or not transform:
+            cells.append("")
+            continue
+        a, b, c, d, e, f = (float(v) for v in str(transform).split())
+        half = chip_size_px / 2
+        x, y = c + a * half + b * half, f + d * half + e * half
+        size = block_size_px * max(abs(a), abs(e))
+        cells.append(f"{system}\x00{int(np.floor(x / size))}\x00{int(np.floor(y / size))}")
+    return cells
+
+
+def join_blocks_across_files(blocks: Sequence[str], scenes: Sequence[str], cells: Sequence[str]) -> list[str]:
+    """Blocks of *different* scenes with chips in one map cell become one group, keyed by the smallest of their
+    block keys: two tiles of the same place (re-exports, overlapping acquisitions, a tile set cut from one
+    mosaic) can then never straddle train and test. Blocks of one scene are never joined by this (their own
+    grid already separates them), so a folder of scenes that do not overlap keeps its blocks and its split."""
+    parent: dict[str, str] = {block: block for block in blocks}
+
+    def root(block: str) -> str:
+        while parent[block] != block:
+            parent[block] = parent[parent[block]]
+            block = parent[block]
+        return block
+
+    by_cell: dict[str, dict[str, str]] = defaultdict(dict)  # cell → scene → one of its blocks there
+    for block, scene, cell in zip(blocks, scenes, cells, strict=True):
+        if cell:
+            by_cell[cell].setdefault(str(scene), block)
+    for members in by_cell.values():
+        if len(members) > 1:
+            first, *others = sorted(members.values())
+            for other in others:
+                low, high = sorted((root(first), root(other)))
+                parent[high] = low
+    joined = [root(block) for block in blocks]
+    merged = len(set(blocks)) - len(set(joined))
+    if merged:
+        log.info("spatial split: %d blocks joined to blocks of other files at the same place", merged)
+    return joined
 
 
 def check_no_leakage(groups: Sequence[str], splits: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
 from pipeline.ingest.bands import canonical_band, choose_band_set
 from pipeline.data.chips import load_chipset
@@ -257,9 +258,11 @@ def test_a_range_group_without_a_training_chip_is_left_out_not_fitted_on_test(tm
     rng = np.random.default_rng(12)
     for k in range(4):
         write_raster(tmp_path / "src" / f"dn_{k}.tif", rng.integers(100, 4000, (2, 64, 64)).astype(np.uint16))
-    write_raster(tmp_path / "src" / "z_quicklook.tif", rng.integers(0, 255, (2, 32, 32)).astype(np.uint8))
-    (tmp_path / "out").mkdir()  # seed 1's spatial split puts the lone 8-bit scene's one chip outside the train split
-    report = ingest_folder(tmp_path / "src", config(block_size_px=32), PRESET, 1, tmp_path / "out", domain="remote")
+    elsewhere = Affine(10.0, 0.0, 600_000.0, 0.0, -10.0, 4_600_000.0)  # not where the others are (own block)
+    write_raster(tmp_path / "src" / "z_quicklook.tif", rng.integers(0, 255, (2, 32, 32)).astype(np.uint8),
+                 transform=elsewhere)
+    (tmp_path / "out").mkdir()  # seed 8's spatial split puts the lone 8-bit scene's one chip outside the train split
+    report = ingest_folder(tmp_path / "src", config(block_size_px=32), PRESET, 8, tmp_path / "out", domain="remote")
     groups = report["value_range"]["groups"]
     assert "no chip in the train split" in groups["uint8"]["from"] and groups["uint8"]["chips"] == 1
     assert "channels" not in groups["uint8"] and report["chips"]["dropped_no_train_range"] == 1
@@ -324,3 +327,20 @@ def test_large_sar_and_float_scenes_read_twice_give_the_cache_of_one_pass(tmp_pa
         assert caches["held"][0]["chips"]["kept"] > 0
     names = json.loads((tmp_path / "sar_two_passes" / "stats.json").read_text())["channel_names"]
     assert len(names) == 3 and names[2].endswith("_ratio")  # vv, vh and the ratio channel
+
+
+def test_clip_counts_equal_gathering_the_valid_pixels_and_comparing_in_float64():
+    from pipeline.ingest.value_ranges import clip_counts
+
+    rng = np.random.default_rng(21)
+    data = rng.random((3, 16, 16), dtype=np.float32)
+    valid = rng.random((16, 16)) > 0.2
+    pixels = data[:, valid].astype(np.float64)
+    for low, high in ((np.float64(data[:, 3, 3]), np.float64(data[:, 5, 5])),  # bounds that are chip values
+                      (np.float64(data[:, 3, 3]) + 1e-12, np.float64(data[:, 5, 5]) - 1e-12),  # just inside them
+                      (np.array([0.1, 0.2, 0.3]), np.array([0.9, 0.8, 0.7]))):  # bounds no float32 can hold
+        for chip in (data, data.astype(np.float64)):
+            counts = clip_counts(chip, valid, low, high)
+            assert counts.below.tolist() == (pixels < low[:, None]).sum(axis=1).tolist()
+            assert counts.above.tolist() == (pixels > high[:, None]).sum(axis=1).tolist()
+            assert counts.total.tolist() == [int(valid.sum())] * 3

@@ -20,6 +20,7 @@ from rasterio.warp import transform as transform_points
 
 from pipeline.config import ConfigError, parse_config
 from pipeline.ingest import geotiff_source
+from pipeline.ingest.folder import IngestError
 from pipeline.data.chips import load_chipset
 from pipeline.demo.remote import RemoteDemoSpec, write_remote_demo
 from pipeline.ingest.scenes import GDAL_CACHE_BYTES
@@ -209,7 +210,8 @@ def band_folder(tmp_path) -> tuple[Path, Path, dict[str, np.ndarray]]:
 def test_band_folder_is_one_scene_stacked_on_the_finest_grid(band_folder, tmp_path):
     source, folder, stored = band_folder
     (source / "labels.csv").write_text("path,label\nproducts/T33UUP_20200101,forest\n")
-    report = ingest(source, tmp_path / "out", config(bands=["b04", "B03", 1, "B8A"], value_range=[0, 1]))
+    report = ingest(source, tmp_path / "out", config(bands=["b04", "B03", 1, "B8A"], value_range=[0, 1],
+                                                     chip_labelled_files=True))  # its label for every chip
     assert report["files"] == {"seen": 1, "ingested": 1, "no_chips": 0, "rejected": 0, "skipped": 0, "labels": 0}
     chips = load_chipset(tmp_path / "out")
     assert chips.channel_names == ["red", "green", "blue", "nir08"]  # Sentinel-2 tokens by what they measure
@@ -386,3 +388,70 @@ def test_constant_chips_are_dropped_and_scenes_without_chips_are_said(tmp_path):
     assert constant == {"all_blank.tif": 1, "partly_blank.tif": 1}
     kept = load_chipset(tmp_path / "out")
     assert {(int(r["row"]), int(r["col"])) for r in kept.manifest} == {(0, CHIP), (CHIP, 0), (CHIP, CHIP)}
+
+
+def test_a_labelled_tile_is_one_chip_of_the_whole_tile_and_unlabelled_scenes_are_still_cut(tmp_path):
+    source = tmp_path / "tiles"
+    tiles = {name: reflectance(k, 3, 128) for k, name in enumerate(("forest_1.tif", "river_1.tif", "archive.tif"))}
+    for name, values in tiles.items():
+        write_raster(source / name, values, scales=[SCALE] * 3)
+    (source / "labels.csv").write_text("path,label\nforest_1.tif,forest\nriver_1.tif,river\n")
+    ingest(source, tmp_path / "out", config(value_range=[0, 1]))
+    chips = load_chipset(tmp_path / "out")
+    by_file: dict[str, list] = {}
+    for row in chips.manifest:
+        by_file.setdefault(row["source"], []).append(row)
+    assert [len(by_file[name]) for name in ("forest_1.tif", "river_1.tif", "archive.tif")] == [1, 1, 16]
+    for name, label in (("forest_1.tif", "forest"), ("river_1.tif", "river")):
+        (row,) = by_file[name]
+        assert row["label"] == label
+        block_means = (tiles[name] * SCALE).reshape(3, CHIP, 4, CHIP, 4).mean(axis=(2, 4))  # area average, 4x
+        np.testing.assert_allclose(chips.images[int(row["chip_id"])], block_means, atol=STORED_ATOL + 1e-6)
+    assert {row["label"] for row in by_file["archive.tif"]} == {""}
+    ingest(source, tmp_path / "cut", config(value_range=[0, 1], chip_labelled_files=True))
+    cut = load_chipset(tmp_path / "cut")
+    assert sum(row["label"] == "forest" for row in cut.manifest) == 16
+
+
+def _tiles_at_places(source: Path, places: int = 12, copies: int = 2) -> dict[str, int]:
+    """``places`` 64 px tiles 5 km apart, each written ``copies`` times under other names (re-exports shifted by
+    up to 3 px): file name → place."""
+    rng, place_of = np.random.default_rng(8), {}
+    for place in range(places):
+        for copy in range(copies):
+            shift = 10.0 * copy * 3
+            grid = Affine(10.0, 0.0, GRID.c + 5000.0 * place + shift, 0.0, -10.0, GRID.f - shift)
+            name = f"{'abcdefghijklmnopqrstuvwxyz'[place]}_{copy}.tif" if copy == 0 else f"copy_{place:02d}_{copy}.tif"
+            write_raster(source / name, rng.integers(1, 9000, (3, 64, 64)).astype(np.uint16), transform=grid,
+                         scales=[SCALE] * 3)
+            place_of[name] = place
+    return place_of
+
+
+def test_tiles_of_the_same_place_in_different_files_share_a_split(tmp_path):
+    from pipeline.ingest.splits import spatial_block_split
+
+    place_of = _tiles_at_places(tmp_path / "src")
+    cfg = config(value_range=[0, 1], block_size_px=64)
+    ingest(tmp_path / "src", tmp_path / "out", cfg)
+    manifest = load_chipset(tmp_path / "out").manifest
+    split_of_place: dict[int, set] = {}
+    for row in manifest:
+        split_of_place.setdefault(place_of[row["source"]], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in split_of_place.values()), split_of_place
+    assert {s for splits in split_of_place.values() for s in splits} == {"train", "val", "test"}
+    per_file = spatial_block_split([r["source"] for r in manifest], [int(r["row"]) for r in manifest],
+                                   [int(r["col"]) for r in manifest], 64, (0.6, 0.2, 0.2), 0)
+    per_file_splits: dict[int, set] = {}
+    for row, split in zip(manifest, per_file):
+        per_file_splits.setdefault(place_of[row["source"]], set()).add(split)
+    assert any(len(splits) > 1 for splits in per_file_splits.values())  # what blocks per file alone did
+
+
+def test_a_user_split_putting_one_place_in_two_splits_is_refused(tmp_path):
+    _tiles_at_places(tmp_path / "src", places=2)
+    (tmp_path / "src" / "labels.csv").write_text("path,label,split\na_0.tif,x,train\ncopy_00_1.tif,x,test\n"
+                                                 "b_0.tif,y,train\ncopy_01_1.tif,y,train\n")
+    with pytest.raises(IngestError, match=r"^labels.csv split column: spatial block '.*' is in train \(a_0.tif\) "
+                                          r"and test \(copy_00_1.tif\)"):
+        ingest(tmp_path / "src", tmp_path / "out", config(value_range=[0, 1], block_size_px=64))

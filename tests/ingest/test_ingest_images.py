@@ -70,3 +70,31 @@ def test_natural_preset_needs_a_folder():
     with pytest.raises(ConfigError, match=r"data\.photos\.source: preset 'natural_rgb' has no embedded demo"):
         parse_config(raw)
     assert load_config(REPO / "params.yaml")  # the repository's own params stay valid
+
+
+def test_grey_images_are_one_channel_with_a_recipe_of_their_own(image_folder, tmp_path):
+    from pipeline.augment import TwoViewTransform
+
+    cfg = DomainDataConfig(preset="grey_images", source=str(image_folder), chip_size=32)
+    ingest_folder(image_folder, cfg, PRESETS["grey_images"], 0, tmp_path)
+    chips = load_chipset(tmp_path)
+    assert chips.in_chans == 1 and len(chips.channel_names) == 1
+    for row in chips.manifest[:4]:  # colour files averaged to grey (BT.601), checked against Pillow's "L"-free formula
+        rgb = np.asarray(Image.open(image_folder / row["source"]).convert("RGB"), np.float32) / 255
+        if row["source"].endswith(("alpha.png", "grey16.png")):
+            continue
+        grey = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+        np.testing.assert_allclose(np.asarray(chips.images[int(row["chip_id"])])[0], grey, atol=1e-4)
+    views = TwoViewTransform("grey_images", 24, seed=0)(np.asarray(chips.images[0]).transpose(1, 2, 0).copy(),
+                                                          index=0, epoch=1)
+    assert [view.shape for view in views] == [(1, 24, 24)] * 2 and not np.array_equal(*views)
+
+
+def test_a_channel_count_the_preset_s_recipe_cannot_take_names_the_preset_to_use(image_folder):
+    raw = _params()
+    raw["data"]["photos"] = {"preset": "natural_rgb", "source": str(image_folder), "image": {"channels": 1}}
+    with pytest.raises(ConfigError, match=r"data\.photos\.image\.channels: 1 does not fit preset 'natural_rgb', "
+                                          r"whose augmentation is for 3 channel\(s\); use preset 'grey_images' for 1"):
+        parse_config(raw)
+    raw["data"]["photos"]["preset"] = "grey_images"
+    assert parse_config(raw).data["photos"].image.channels == 1

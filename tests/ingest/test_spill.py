@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.data.chips import channel_statistics
 from pipeline.data.shards import write_stacked
-from pipeline.ingest.spill import SpilledArrays
+from pipeline.ingest.spill import ChainedArrays, SpilledArrays, reopen
 
 
 def _chips(n=7, seed=0):
@@ -39,6 +39,29 @@ def test_a_spilled_list_reads_assigns_and_keeps_like_a_list(tmp_path):
     assert np.array_equal(spilled[0], reference[0])
     spilled.close()
     assert not (tmp_path / "images.bin").exists()
+
+
+def test_chained_parts_read_as_one_list_and_assignments_leave_the_parts_as_written(tmp_path):
+    reference, layouts = _chips(9), []
+    for k, (start, stop) in enumerate(((0, 4), (4, 4), (4, 9))):  # the middle part holds nothing
+        part = SpilledArrays(tmp_path / f"part{k}.bin", np.float32)
+        part += reference[start:stop]
+        part.keep([i != 5 for i in range(start, stop)])  # a part may have dropped chips itself
+        layouts.append(part.layout())
+        part.detach()
+    written = {k: (tmp_path / f"part{k}.bin").read_bytes() for k in range(3)}
+    chained = ChainedArrays([reopen(tmp_path, layout) for layout in layouts], tmp_path / "overlay.bin")
+    expected = [chip for i, chip in enumerate(reference) if i != 5]
+    assert len(chained) == 8 and all(np.array_equal(a, b) for a, b in zip(chained, expected))
+    chained[6] = expected[6] * 0 + 0.25
+    expected[6] = expected[6] * 0 + 0.25
+    chained.keep([i != 0 for i in range(8)])
+    assert all(np.array_equal(a, b) for a, b in zip(chained, expected[1:]))
+    with pytest.raises(TypeError, match="take no new items"):
+        chained.append(reference[0])
+    chained.close()
+    assert {k: (tmp_path / f"part{k}.bin").read_bytes() for k in range(3)} == written
+    assert not (tmp_path / "overlay.bin").exists()
 
 
 def test_missing_masks_read_back_as_none_and_are_stored_as_ignore(tmp_path):
