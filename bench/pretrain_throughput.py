@@ -123,13 +123,7 @@ def bare_model(args, compute: Compute, steps: int) -> float:
         loss.backward()
         optimizer.step()
 
-    step()
-    _synchronise(compute)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _synchronise(compute)
-    return steps * args.batch / (time.perf_counter() - started)
+    return _timed(step, steps, args.batch, compute)
 
 
 def step_on_premade_batches(args, compute: Compute, steps: int) -> float:
@@ -147,13 +141,18 @@ def step_on_premade_batches(args, compute: Compute, steps: int) -> float:
     def step() -> None:
         _train_step(model, optimizer, standardise, pairs, cfg, compute, DistributedContext())
 
+    return _timed(step, steps, args.batch, compute)
+
+
+def _timed(step, steps: int, batch: int, compute: Compute) -> float:
+    """Source images per second of ``steps`` calls of ``step`` after one warm-up call."""
     step()
     _synchronise(compute)
     started = time.perf_counter()
     for _ in range(steps):
         step()
     _synchronise(compute)
-    return steps * args.batch / (time.perf_counter() - started)
+    return steps * batch / (time.perf_counter() - started)
 
 
 def _synchronise(compute: Compute) -> None:

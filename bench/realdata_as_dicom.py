@@ -139,7 +139,7 @@ def main() -> None:
     with open(args.out / "labels.csv", "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=["path", "label", "split"], lineterminator="\n")
         writer.writeheader()
-        writer.writerows(row for row in rows if row["label"])
+        writer.writerows(rows)  # unlabelled rows too (HC18): their split is the set's, not an automatic one
     (args.out / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
     print(f"{len(rows)} {name} images written as DICOM to {args.out}")
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
-from pipeline.ingest.folder import IngestError, IngestFailed, ingest_folder
+from pipeline.ingest.folder import DuplicatePolicy, IngestError, IngestFailed, ingest_folder
 from pipeline.ingest.part_spec import PartSpec
 from pipeline.ingest.parts import ingest_part, merge_parts
 from pipeline.presets import PRESETS
@@ -51,15 +51,17 @@ if __name__ == "__main__":
                                  workers=config.ingest.workers, strict=config.ingest.strict, domain=args.domain)
             logging.getLogger("stages.ingest").info("part %s of %s written to %s", args.part, args.domain, folder)
             sys.exit(0)
+        duplicates = DuplicatePolicy(config.ingest.near_duplicates, config.ingest.near_duplicate_similarity)
         with atomic_dir(Path(config.paths.ingest) / args.domain) as out:
             if args.merge_parts:
                 parts = Path(args.merge_parts) / args.domain
                 report = merge_parts(parts, source, section, preset, config.seed, out, domain=args.domain,
-                                     source_label=section.source)
+                                     source_label=section.source, duplicates=duplicates)
                 report["parts"] = len([p for p in parts.iterdir() if p.name.startswith("part-")])
             else:
                 report = ingest_folder(source, section, preset, config.seed, out, workers=config.ingest.workers,
-                                       strict=config.ingest.strict, domain=args.domain, source_label=section.source)
+                                       strict=config.ingest.strict, domain=args.domain, source_label=section.source,
+                                       duplicates=duplicates)
     except IngestFailed as error:
         write_json(report_path, {**error.report, "wall_s": round(time.perf_counter() - started, 1)})
         sys.exit(f"error: ingest {args.domain}: {error} (every file's reason: {report_path})")

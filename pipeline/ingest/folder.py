@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline.ingest.spill import LARGE_FILE_BYTES
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.source_kinds import SOURCE_KINDS
+from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprints
 from pipeline.ingest.labels_table import read_labels_csv, read_labels_table
 from pipeline.ingest.sources import FileTask, read_class_names, read_file_safely, read_mask_classes
 from pipeline.ingest.splits import (check_no_leakage, group_split, join_blocks_across_files, map_cells,
@@ -47,6 +49,14 @@ class IngestFailed(ValueError):
     def __init__(self, message: str, report: dict) -> None:
         super().__init__(message)
         self.report = report
+
+
+@dataclass(frozen=True)
+class DuplicatePolicy:
+    """``ingest.near_duplicates`` (report / drop / off) and ``ingest.near_duplicate_similarity``."""
+
+    mode: str = "report"
+    similarity: float = 0.95
 
 
 def read_folder(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 1, strict: bool = False,
@@ -77,7 +87,8 @@ def read_files(source: Path, cfg: DomainDataConfig, reader: str, workers: int = 
         found.rejected += plan.rejected
         found.images = [path for path in found.images if path.relative_to(source).as_posix()
                         not in {line["path"] for line in plan.rejected}]
-    images = found.images[part.slice_of([path.stat().st_size for path in found.images])]
+    images = found.images if part.count == 1 else \
+        found.images[part.slice_of([path.stat().st_size for path in found.images])]
     tasks = [FileTask(path, path.relative_to(source).as_posix(), source, cfg, labels, class_names, salt,
                       domain, found.frame_masks.get(path), bands=plan.bands.get(path) if plan else None,
                       channel_names=plan.channel_names if plan else None,
@@ -145,14 +156,16 @@ LEAKAGE_UNITS = {"group": lambda rows, cfg: [str(row["group"]) for row in rows],
 
 
 def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int, out_dir: Path,
-                  workers: int = 1, strict: bool = False, domain: str = "", source_label: str | None = None) -> dict:
+                  workers: int = 1, strict: bool = False, domain: str = "", source_label: str | None = None,
+                  duplicates: DuplicatePolicy = DuplicatePolicy()) -> dict:
     """Decode, split, compute train-only statistics and write the chip cache into ``out_dir``.
 
     Returns the outcome report (also written as ``ingest_report.json``): files seen / ingested / without chips /
     rejected / skipped, one ``{path, reason}`` line per such file, chips kept and dropped, files per modality and
     per grouping key, label counts. Paths are redacted where they carry a patient identifier
     (:class:`~pipeline.ingest.phi.PathRedactor`). ``domain`` is named in reasons that point at a config key;
-    ``source_label`` is what the report calls the source (default: its path).
+    ``source_label`` is what the report calls the source (default: its path); ``duplicates``: what to do about
+    near-duplicate chips across splits (:mod:`pipeline.ingest.near_duplicates`).
 
     Raises:
         IngestFailed: no chip at all; its ``report`` holds every file's reason.
@@ -161,13 +174,14 @@ def ingest_folder(source: Path, cfg: DomainDataConfig, preset: DomainPreset, see
         raise FileNotFoundError(f"data source {source} is not a folder")
     found = read_folder(source, cfg, preset.reader, workers, strict, domain, spill_dir=out_dir / ".spill")
     try:
-        return split_and_write(found, source, cfg, preset, seed, out_dir, domain, source_label)
+        return split_and_write(found, source, cfg, preset, seed, out_dir, domain, source_label, duplicates)
     finally:
         found.close()
 
 
 def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int,
-                     out_dir: Path, domain: str, source_label: str | None) -> dict:
+                    out_dir: Path, domain: str, source_label: str | None,
+                    duplicates: DuplicatePolicy = DuplicatePolicy()) -> dict:
     """Everything after reading: splits, value ranges, train-only statistics, the cache and its report."""
     redact = PathRedactor(found.identifiers, phi_salt())
     label = redact.text(str(source if source_label is None else source_label))
@@ -195,6 +209,7 @@ def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, p
     if found.user_splits:
         check_user_split(rows, units, preset.split, redact)
     check_no_leakage(units, [row["split"] for row in rows])
+    keep, rows, near = _near_duplicates(found, keep, rows, duplicates)
     train = [i for i, row in zip(keep, rows) if row["split"] == "train"]
     mean, std = channel_statistics(found.subset("images", train), found.subset("valid", train))
     masks = found.subset("masks", keep) if found.has_masks() else None
@@ -207,13 +222,33 @@ def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, p
              **({"split_from": "labels.csv split column"} if found.user_splits else {})}
     write_chipset(out_dir, found.subset("images", keep), found.subset("valid", keep), [{**row, "source": redact.path(str(row["source"]))} for row in rows], stats,
                   masks, boxes_for_chips(rows, source, cfg.chip_size))  # boxes from the source's real paths
-    report = {"source": label, **outcome_report(found, len(rows), len(splits) - len(keep), counts, redact)}
+    report = {"source": label, **outcome_report(found, len(rows), len(splits) - len(keep) - near.get("dropped", 0),
+                                                counts, redact)}
+    if near:
+        report["near_duplicates"] = near
     if value_range:
         report["value_range"] = value_range
     report |= found.labels_csv | ({"split_from": "labels.csv split column"} if found.user_splits else {})
     (out_dir / "ingest_report.json").write_text(json.dumps(report, indent=2) + "\n")
     log.info("ingested %d chips from %s: %s", len(rows), label, report["files"])
     return report
+
+
+def _near_duplicates(found: IngestedChips, keep: list[int], rows: list[dict],
+                     duplicates: DuplicatePolicy) -> tuple[list[int], list[dict], dict]:
+    """Count near-duplicates across splits (the report's entry) and, with ``drop``, remove the val / test chips
+    that have one in train; chip ids are renumbered so they stay positions in the cache."""
+    if duplicates.mode == "off":
+        return keep, rows, {}
+    prints = fingerprints(found.subset("images", keep), found.subset("valid", keep))
+    near = find_near_duplicates(prints, [row["split"] for row in rows], [str(row["label"]) for row in rows],
+                                duplicates.similarity)
+    dropped = int(near.in_train.sum()) if duplicates.mode == "drop" else 0
+    if dropped:
+        keep = [i for i, flagged in zip(keep, near.in_train) if not flagged]
+        rows = [{**row, "chip_id": n} for n, row in enumerate(r for r, flagged in zip(rows, near.in_train)
+                                                             if not flagged)]
+    return keep, rows, near.report(duplicates.similarity, dropped)
 
 
 def check_user_split(rows: list[dict], units: list[str], split_kind: str, redact: PathRedactor) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline.atomic import atomic_dir
 from pipeline.config_data import DomainDataConfig
-from pipeline.ingest.folder import finish_reading, read_files, split_and_write
+from pipeline.ingest.folder import DuplicatePolicy, finish_reading, read_files, split_and_write
 from pipeline.ingest.ingested import IngestedChips, IngestError
 from pipeline.ingest.part_spec import PartSpec
 from pipeline.ingest.phi import pseudonymise, phi_salt
@@ -69,7 +69,8 @@ def ingest_part(source: Path, cfg: DomainDataConfig, preset: DomainPreset, part:
 
 
 def merge_parts(parts_dir: Path, source: Path, cfg: DomainDataConfig, preset: DomainPreset, seed: int,
-                out_dir: Path, domain: str = "", source_label: str | None = None) -> dict:
+                out_dir: Path, domain: str = "", source_label: str | None = None,
+                duplicates: DuplicatePolicy = DuplicatePolicy()) -> dict:
     """Chain every part in ``parts_dir`` and write the cache into ``out_dir`` as :func:`ingest_folder` does.
 
     Returns the outcome report (that of a single ingest of the whole folder).
@@ -83,7 +84,7 @@ def merge_parts(parts_dir: Path, source: Path, cfg: DomainDataConfig, preset: Do
                      out_dir / ".spill")
     try:
         return split_and_write(finish_reading(found, source, cfg), source, cfg, preset, seed, out_dir, domain,
-                               source_label)
+                               source_label, duplicates)
     finally:
         found.close()
 

@@ -290,9 +290,20 @@ def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]],
         ingest = inputs.reports_dir / "ingest" / f"{domain}.json"
         if ingest.exists() and read_json(ingest).get("wall_s"):
             walls = {"ingest": read_json(ingest)["wall_s"], **walls}
+        if ingest.exists() and read_json(ingest).get("near_duplicates"):
+            lines.append(f"near-duplicates {domain}: {near_duplicate_line(read_json(ingest)['near_duplicates'])}")
         if walls:
             lines.append(f"wall time {domain}: " + ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in walls.items()))
     return lines
+
+
+def near_duplicate_line(near: dict) -> str:
+    """``test chips with a train near-duplicate 3 of 120 (same label 2), …, dropped 0 (cosine ≥ 0.95 …)``."""
+    pairs = [(key, value) for key, value in near.items() if isinstance(value, dict) and "chips" in value]
+    text = ", ".join(f"{key.split('-')[1]} chips with a {key.split('-')[0]} near-duplicate {value['chips']} of "
+                     f"{next(v for k, v in value.items() if k.startswith('of_'))} (same label {value['same_label']})"
+                     for key, value in pairs)
+    return f"{text}; dropped {near.get('dropped', 0)} (cosine ≥ {near['similarity_at_least']} of {near['fingerprint']})"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,0 +1,77 @@
+"""Near-duplicate chips across splits: the fingerprint's similarity against a naive formula, counts per split pair,
+and ``drop`` removing exactly the val / test chips with a copy in train."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.config_data import DomainDataConfig
+from pipeline.data.chips import load_chipset
+from pipeline.ingest.folder import DuplicatePolicy, ingest_folder
+from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprint
+from pipeline.presets import PRESETS
+from pipeline.report.build import near_duplicate_line
+
+
+def test_fingerprints_correlate_thumbnails_and_ignore_brightness_and_contrast():
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 64, 64), dtype=np.float32)
+    valid = np.ones((64, 64), bool)
+    brighter = np.clip(image * 0.8 + 0.1, 0, 1)  # a re-export with other contrast and brightness
+    other = rng.random((3, 64, 64), dtype=np.float32)
+    def thumb(x):  # 32 x 32 area thumbnail of the channel mean, minus its Gaussian blur (sigma 2)
+        small = cv2.resize(x.mean(axis=0), (32, 32), interpolation=cv2.INTER_AREA).astype(np.float64)
+        return (small - cv2.GaussianBlur(small, (0, 0), 2.0)).ravel()
+
+    expected = np.corrcoef(thumb(image), thumb(other))[0, 1]  # Pearson correlation of the band-passed thumbnails
+    assert float(fingerprint(image, valid) @ fingerprint(other, valid)) == pytest.approx(expected, abs=1e-5)
+    assert float(fingerprint(image, valid) @ fingerprint(brighter, valid)) > 0.999
+    assert not fingerprint(np.full((3, 64, 64), 0.5, np.float32), valid).any()  # a flat chip matches nothing
+
+
+def test_counts_per_split_pair_and_same_label():
+    prints = np.eye(6, 256, dtype=np.float32)
+    prints[3] = prints[0]  # val chip 3 copies train chip 0 (same label)
+    prints[4] = prints[1]  # test chip 4 copies train chip 1 (other label)
+    prints[5] = prints[3]  # test chip 5 copies val chip 3 and train chip 0
+    near = find_near_duplicates(prints, ["train", "train", "train", "val", "test", "test"],
+                                ["a", "b", "c", "a", "a", "a"], 0.95)
+    assert near.counts == {"train-val": {"chips": 1, "same_label": 1, "of_val": 1},
+                           "train-test": {"chips": 2, "same_label": 1, "of_test": 2},
+                           "val-test": {"chips": 1, "same_label": 1, "of_test": 2}}
+    assert near.in_train.tolist() == [False, False, False, True, True, True]
+
+
+def test_ingest_reports_copies_under_other_names_and_drop_removes_them_from_val_and_test(tmp_path):
+    rng = np.random.default_rng(1)
+    source = tmp_path / "src"
+    source.mkdir()
+    rows = ["path,label,split"]
+    for k in range(12):
+        image = cv2.GaussianBlur(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), (5, 5), 2)
+        cv2.imwrite(str(source / f"img_{k}.png"), image)
+        rows.append(f"img_{k}.png,{'ab'[k % 2]},{'train' if k < 8 else 'test'}")
+        if k < 3:  # re-exported copies, slightly brighter, under new names in the test split
+            cv2.imwrite(str(source / f"copy_{k}.png"), cv2.convertScaleAbs(image, alpha=0.9, beta=12))
+            rows.append(f"copy_{k}.png,{'ab'[k % 2]},test")
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+    cfg = DomainDataConfig(preset="natural_rgb", source=str(source), chip_size=32)
+    (tmp_path / "report").mkdir()
+    report = ingest_folder(source, cfg, PRESETS["natural_rgb"], 0, tmp_path / "report")
+    assert report["near_duplicates"]["train-test"] == {"chips": 3, "same_label": 3, "of_test": 7}
+    assert "test chips with a train near-duplicate 3 of 7 (same label 3)" in near_duplicate_line(report["near_duplicates"])
+    (tmp_path / "drop").mkdir()
+    dropped = ingest_folder(source, cfg, PRESETS["natural_rgb"], 0, tmp_path / "drop",
+                            duplicates=DuplicatePolicy("drop", 0.95))
+    manifest = load_chipset(tmp_path / "drop").manifest
+    assert dropped["near_duplicates"]["dropped"] == 3 and dropped["chips"]["kept"] == 12
+    assert not any(row["source"].startswith("copy_") for row in manifest)
+    assert [int(row["chip_id"]) for row in manifest] == list(range(12))
+    assert json.loads((tmp_path / "drop" / "ingest_report.json").read_text())["near_duplicates"]["dropped"] == 3
+    (tmp_path / "off").mkdir()
+    assert "near_duplicates" not in ingest_folder(source, cfg, PRESETS["natural_rgb"], 0, tmp_path / "off",
+                                                  duplicates=DuplicatePolicy("off"))
