@@ -68,7 +68,8 @@ def build_report(inputs: ReportInputs) -> dict:
     document.add(Heading("Verdict"), Paragraph(
         f"Paired differences at {fraction_title(inputs.label_fraction)} of the training labels. {family_note(comparisons)}"),
         verdict_table(comparisons, domains, inputs.label_fraction),
-        Bullets([domain_answer(comparisons, domain, inputs.label_fraction) for domain in domains]))
+        Bullets([domain_answer(comparisons, domain, inputs.label_fraction) for domain in domains]
+                + [note for domain in domains if (note := pretraining_note(inputs.pretrain_dir, domain))]))
     for domain, preset in inputs.domains.items():
         _domain_section(document, inputs, domain, preset, results[domain], metrics[domain], comparisons)
         _segmentation_section(document, inputs, domain, preset, segmentation[domain], metrics[domain], comparisons)
@@ -169,6 +170,25 @@ def _paired_curve(comparisons: list[Comparison], domain: str, sweep: LabelEffici
     """[(fraction, Δ, low, high)] of SimCLR − ImageNet along one sweep."""
     found = [find(comparisons, domain, sweep.task, sweep.protocol, f, "imagenet") for f in fractions]
     return [(c.fraction, c.difference.delta, c.difference.low, c.difference.high) for c in found if c]
+
+
+def pretraining_note(pretrain_dir: Path, domain: str) -> str:
+    """Whether in-domain pretraining improved on its starting weights, by the validation kNN accuracy the stage
+    logs before and after: where it did not, the SimCLR rows measure the starting point, and the verdict says so."""
+    summary_path = pretrain_dir / domain / "summary.json"
+    if not summary_path.exists():
+        return ""
+    summary = read_json(summary_path)
+    before, after = summary["metrics"].get("knn_acc_before"), summary["metrics"].get("knn_acc")
+    if before is None or after is None or before != before or after != after:  # NaN: no kNN monitor
+        return ""
+    start = {"imagenet": "ImageNet", "random": "random"}.get(summary.get("start", {}).get("init", ""), "initial")
+    if after > before:
+        return (f"{domain}: in-domain pretraining improved on its {start} starting weights (validation kNN accuracy "
+                f"{before:.3f} → {after:.3f}).")
+    return (f"{domain}: **in-domain pretraining did not improve on its {start} starting weights** (validation kNN "
+            f"accuracy {before:.3f} → {after:.3f}): the SimCLR rows measure those weights after a pretraining that "
+            "did not help, not a representation SimCLR learned.")
 
 
 def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figure_dir: Path) -> None:

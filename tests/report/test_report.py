@@ -189,3 +189,16 @@ def test_comparisons_side_by_side_equal_the_same_comparisons_one_after_another(r
     one_after_another = compare_all(results, seed=0)
     assert len(one_after_another) > 1
     assert repr(compare_all(results, seed=0, workers=2)) == repr(one_after_another)  # repr: nan == nan
+
+
+def test_the_verdict_says_when_in_domain_pretraining_did_not_improve_on_its_start(tmp_path):
+    from pipeline.report.build import pretraining_note
+    from pipeline.atomic import write_json
+
+    assert pretraining_note(tmp_path, "medical") == ""  # no pretraining summary: nothing to say
+    for domain, (before, after) in {"medical": (0.46, 0.60), "remote": (0.84, 0.84)}.items():
+        write_json(tmp_path / domain / "summary.json", {"start": {"init": "imagenet"},
+                                                         "metrics": {"knn_acc_before": before, "knn_acc": after}})
+    assert pretraining_note(tmp_path, "medical").startswith("medical: in-domain pretraining improved on its ImageNet")
+    assert "**in-domain pretraining did not improve on its ImageNet starting weights** (validation kNN accuracy " \
+           "0.840 → 0.840)" in pretraining_note(tmp_path, "remote")
