@@ -104,6 +104,9 @@ class SimCLRConfig(_Strict):
     projection_dim: PositiveInt = 128
     knn_every_epochs: Annotated[int, Field(ge=0)] = 5  # 0 disables the kNN monitor
     knn_k: PositiveInt = 20
+    # which weights the stage exports: best_knn = those of the epoch with the best validation kNN accuracy (epoch 0,
+    # the starting weights, included: a pretraining that never beat its start exports the start); last = the final
+    export: Literal["best_knn", "last"] = "best_knn"
     resume: bool = True  # continue an interrupted run from its checkpoint (same params only)
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # also checkpoint mid-epoch; 0 = epoch ends only
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/inf loss: stop naming the step, or skip the step

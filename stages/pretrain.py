@@ -32,6 +32,13 @@ def resume_key(config, domain: str, chips, world_size: int) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+def exported_knn(history) -> float:
+    """Validation kNN accuracy of the exported weights (the best epoch's under ``simclr.export: best_knn``)."""
+    if history.exported_epoch is None:
+        return history.last("knn_acc")
+    return next(row["knn_acc"] for row in history.epochs if row["epoch"] == history.exported_epoch)
+
+
 def main() -> None:
     config, args = start_stage(__doc__)
     started = time.perf_counter()
@@ -64,13 +71,16 @@ def main() -> None:
             "backbone": config.model.backbone, "in_chans": chips.in_chans, "channel_names": chips.channel_names,
             "mean": chips.mean.tolist(), "std": chips.std.tolist(), "epochs": cfg.epochs,
             "started_from": provenance.init, "stem_policy": provenance.stem_policy,
+            "exported_epoch": cfg.epochs if history.exported_epoch is None else history.exported_epoch,
         })
         write_json(out / "summary.json", {
             "history": history.epochs, "start": provenance_dict(provenance),
             "wall_s": round(time.perf_counter() - started, 1),  # provenance only; never part of metrics.json
             "metrics": {"final_loss": history.last("loss"), "final_top1": history.last("top1"),
                         "final_embedding_std": history.last("embedding_std"),
-                        "knn_acc": history.last("knn_acc"), "knn_acc_before": history.epochs[0].get("knn_acc", float("nan"))},
+                        "knn_acc": exported_knn(history), "knn_acc_last": history.last("knn_acc"),
+                        "knn_acc_before": history.epochs[0].get("knn_acc", float("nan"))},
+            "exported_epoch": cfg.epochs if history.exported_epoch is None else history.exported_epoch,
         })
 
 

@@ -183,6 +183,11 @@ def pretraining_note(pretrain_dir: Path, domain: str) -> str:
     if before is None or after is None or before != before or after != after:  # NaN: no kNN monitor
         return ""
     start = {"imagenet": "ImageNet", "random": "random"}.get(summary.get("start", {}).get("init", ""), "initial")
+    if summary.get("exported_epoch") == 0:
+        return (f"{domain}: **in-domain pretraining did not improve on its {start} starting weights** (validation kNN "
+                f"accuracy {before:.3f} at the start, {summary['metrics'].get('knn_acc_last', after):.3f} at the end), "
+                "so the stage exported the starting weights (simclr.export: best_knn): the SimCLR rows are those "
+                "weights, not a representation SimCLR learned.")
     if after > before:
         return (f"{domain}: in-domain pretraining improved on its {start} starting weights (validation kNN accuracy "
                 f"{before:.3f} → {after:.3f}).")
@@ -201,11 +206,18 @@ def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figur
         figures.training_curves(summary["history"], figure_dir / f"pretrain_{domain}.png", f"{domain}: SimCLR",
                                 embedding_std_reference(inputs.projection_dim)),
         f"{domain}: SimCLR monitors per epoch (epoch 0 = starting weights)"), Bullets([
-        f"kNN accuracy on the validation chips: {monitors['knn_acc_before']:.3f} before → {monitors['knn_acc']:.3f} after",
+        f"kNN accuracy on the validation chips: {monitors['knn_acc_before']:.3f} before → {monitors['knn_acc']:.3f} "
+        f"after{_exported(summary)}",
         f"final loss {monitors['final_loss']:.3f}, contrastive top-1 {monitors['final_top1']:.3f}, "
         f"embedding std {monitors['final_embedding_std']:.3f} (collapse → 0; uniform ≈ "
         f"{embedding_std_reference(inputs.projection_dim):.3f})",
     ]))
+
+
+def _exported(summary: dict) -> str:
+    epochs = len([row for row in summary["history"] if row["epoch"] > 0])
+    epoch = summary.get("exported_epoch")
+    return "" if epoch is None or epoch == epochs else f" (the weights of epoch {epoch} of {epochs}, the best by it)"
 
 
 def gallery_rows(chips, preset: DomainPreset, image_size: int, seed: int,

@@ -59,6 +59,7 @@ class PretrainHistory:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     images_per_s: list[float] = field(default_factory=list)  # per epoch; a timing, kept out of the outputs
+    exported_epoch: int | None = None  # simclr.export best_knn: the epoch whose backbone the model now holds
 
     def last(self, key: str) -> float:
         values = [row[key] for row in self.epochs if key in row]
@@ -77,6 +78,13 @@ class _Run:
     epoch_sums: torch.Tensor = field(default_factory=lambda: torch.zeros(STAT_COUNT, dtype=torch.float64))
     skipped_steps: int = 0  # non-finite steps skipped in the epoch in progress
     checkpoint_step: int | None = None  # step of the last checkpoint written or resumed from
+    best: dict | None = None  # simclr.export best_knn: {"epoch", "knn_acc", "backbone": state dict on CPU}
+
+    def note_knn(self, epoch: int, accuracy: float) -> None:
+        """Keep the backbone of the best validation kNN accuracy so far (the earliest on a tie)."""
+        if self.best is None or accuracy > self.best["knn_acc"]:
+            state = {key: value.detach().cpu().clone() for key, value in self.model.backbone.state_dict().items()}
+            self.best = {"epoch": epoch, "knn_acc": accuracy, "backbone": state}
 
 
 def build_optimizer(model: nn.Module, cfg: SimCLRConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -137,6 +145,7 @@ def pretrain_simclr(
         _maybe_resume(run, checkpoint_path, resume_key, cfg.epochs * steps_per_epoch, compute.device)
     if run.step == 0 and cfg.knn_every_epochs and context.is_main:  # not again when resuming mid-epoch 1
         run.history.epochs.append({"epoch": 0, "knn_acc": knn_accuracy(model.backbone, chips, cfg.knn_k, compute, cfg.image_size)})
+        run.note_knn(0, run.history.epochs[0]["knn_acc"])
     for row in run.history.epochs:
         _log_row(live, row)
     trainer = _wrap_for_training(model, cfg, compute, context)
@@ -175,6 +184,7 @@ def pretrain_simclr(
         run.epoch_sums, run.skipped_steps = torch.zeros_like(run.epoch_sums), 0
         if context.is_main and cfg.knn_every_epochs and (epoch % cfg.knn_every_epochs == 0 or epoch == cfg.epochs):
             row["knn_acc"] = knn_accuracy(model.backbone, chips, cfg.knn_k, compute, cfg.image_size)
+            run.note_knn(epoch, row["knn_acc"])
         run.epoch = epoch
         run.history.epochs.append({"epoch": epoch, **row})
         _log_row(live, run.history.epochs[-1])
@@ -182,6 +192,9 @@ def pretrain_simclr(
                  run.history.images_per_s[-1])
         save(run)
     progress.close()
+    if cfg.export == "best_knn" and run.best is not None and context.is_main:
+        run.history.exported_epoch = run.best["epoch"]
+        model.backbone.load_state_dict(run.best["backbone"])
     return run.history
 
 
@@ -307,6 +320,7 @@ def _save_checkpoint(path: Path, run: _Run, resume_key: str) -> None:
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "epoch": run.epoch,
         "step": run.step, "history": run.history.epochs, "resume_key": resume_key,
         "epoch_sums": run.epoch_sums, "skipped_steps": run.skipped_steps, "torch_rng": torch.get_rng_state(),
+        "best": run.best,
     }
     with atomic_file(path, "wb") as stream:
         torch.save(state, stream)
@@ -331,6 +345,9 @@ def _maybe_resume(run: _Run, path: Path, resume_key: str, total_steps: int, devi
     run.optimizer.load_state_dict(state["optimizer"])
     run.epoch, run.step, run.history.epochs = state["epoch"], state["step"], state["history"]
     run.epoch_sums, run.skipped_steps = state["epoch_sums"].cpu(), state["skipped_steps"]
+    run.best = state.get("best")
+    if run.best is not None:
+        run.best["backbone"] = {key: value.cpu() for key, value in run.best["backbone"].items()}
     run.checkpoint_step = run.step
     torch.set_rng_state(state["torch_rng"].cpu())
     log.info("resuming SimCLR from %s at step %d/%d (after epoch %d)", path, run.step, total_steps, run.epoch)

@@ -202,3 +202,8 @@ def test_the_verdict_says_when_in_domain_pretraining_did_not_improve_on_its_star
     assert pretraining_note(tmp_path, "medical").startswith("medical: in-domain pretraining improved on its ImageNet")
     assert "**in-domain pretraining did not improve on its ImageNet starting weights** (validation kNN accuracy " \
            "0.840 → 0.840)" in pretraining_note(tmp_path, "remote")
+    write_json(tmp_path / "remote" / "summary.json", {"start": {"init": "imagenet"}, "exported_epoch": 0,
+                                                       "metrics": {"knn_acc_before": 0.84, "knn_acc": 0.84,
+                                                                   "knn_acc_last": 0.79}})
+    assert "(validation kNN accuracy 0.840 at the start, 0.790 at the end), so the stage exported the starting " \
+           "weights" in pretraining_note(tmp_path, "remote")

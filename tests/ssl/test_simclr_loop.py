@@ -30,9 +30,9 @@ def _chips(n: int = 24, channels: int = 4, size: int = 32) -> ChipSet:
                    std=np.full(channels, 0.3, np.float32))
 
 
-def _pretrain(chips: ChipSet) -> tuple[SimCLRModel, list]:
+def _pretrain(chips: ChipSet, **options) -> tuple[SimCLRModel, list]:
     cfg = SimCLRConfig(init="random", epochs=2, batch_size=8, image_size=32, knn_every_epochs=1,
-                       projection_hidden_dim=32, projection_dim=16)
+                       projection_hidden_dim=32, projection_dim=16, **options)
     backbone, _ = create_backbone("tf_efficientnet_lite0", "random", chips.in_chans, seed=0)
     model = SimCLRModel(backbone, cfg.projection_hidden_dim, cfg.projection_dim)
     history = pretrain_simclr(model, chips, cfg, "remote_multispectral", seed=0)
@@ -54,8 +54,27 @@ def test_pretraining_is_deterministic_and_monitored():
 def test_pretraining_changes_the_backbone():
     chips = _chips()
     before, _ = create_backbone("tf_efficientnet_lite0", "random", chips.in_chans, seed=0)
-    after, _ = _pretrain(chips)
+    after, _ = _pretrain(chips, export="last")
     assert not torch.equal(before.conv_stem.weight, after.backbone.conv_stem.weight)
+
+
+@pytest.mark.parametrize("accuracies, exported", [((0.5, 0.7, 0.6), 1), ((0.5, 0.5, 0.4), 0), ((0.4, 0.5, 0.6), 2)])
+def test_the_backbone_of_the_best_validation_knn_epoch_is_exported(monkeypatch, accuracies, exported):
+    """simclr.export best_knn: the backbone as it was at the epoch of the best kNN accuracy (the earliest on a
+    tie; epoch 0 = the starting weights); the reference copies are taken when each kNN is measured."""
+    seen = []
+
+    def scripted_knn(backbone, *args, **kwargs):
+        seen.append({key: value.detach().clone() for key, value in backbone.state_dict().items()})
+        return accuracies[len(seen) - 1]
+
+    monkeypatch.setattr(train, "knn_accuracy", scripted_knn)
+    model, history = _pretrain(_chips())
+    assert [row["knn_acc"] for row in history] == list(accuracies)  # the history keeps every epoch's value
+    for key, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, seen[exported][key]), key
+    if exported != 2:
+        assert any(not torch.equal(seen[2][key], seen[exported][key]) for key in seen[2])  # not the last weights
 
 
 def test_finetune_is_deterministic_and_returns_probabilities():
