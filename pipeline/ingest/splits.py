@@ -245,10 +245,11 @@ def map_cells(crs: Sequence[str], transforms: Sequence[str], chip_size_px: int, 
 
 
 def join_blocks_across_files(blocks: Sequence[str], scenes: Sequence[str], cells: Sequence[str]) -> list[str]:
-    """Blocks of *different* scenes with chips in one map cell become one group, keyed by the smallest of their
-    block keys: two tiles of the same place (re-exports, overlapping acquisitions, a tile set cut from one
-    mosaic) can then never straddle train and test. Blocks of one scene are never joined by this (their own
-    grid already separates them), so a folder of scenes that do not overlap keeps its blocks and its split."""
+    """Blocks with chips in a map cell that chips of *more than one* scene fall in become one group, keyed by the
+    smallest of their block keys: two tiles of the same place (re-exports, overlapping acquisitions, a tile set cut
+    from one mosaic) can then never straddle train and test, whichever of a scene's blocks overlap the other's.
+    Cells of one scene alone join nothing (its own grid already separates its blocks), so a folder of scenes that
+    do not overlap keeps its blocks and its split."""
     parent: dict[str, str] = {block: block for block in blocks}
 
     def root(block: str) -> str:
@@ -257,13 +258,13 @@ def join_blocks_across_files(blocks: Sequence[str], scenes: Sequence[str], cells
             block = parent[block]
         return block
 
-    by_cell: dict[str, dict[str, str]] = defaultdict(dict)  # cell → scene → one of its blocks there
+    by_cell: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # cell → scene → its blocks
     for block, scene, cell in zip(blocks, scenes, cells, strict=True):
         if cell:
-            by_cell[cell].setdefault(str(scene), block)
+            by_cell[cell][str(scene)].add(block)
     for members in by_cell.values():
         if len(members) > 1:
-            first, *others = sorted(members.values())
+            first, *others = sorted(set().union(*members.values()))
             for other in others:
                 low, high = sorted((root(first), root(other)))
                 parent[high] = low

@@ -169,3 +169,15 @@ def test_check_no_leakage():
         check_no_leakage(["a"], ["holdout"])
     with pytest.raises(ValueError, match="length"):
         check_no_leakage(["a"], [])
+
+
+def test_every_block_of_a_scene_that_overlaps_another_file_at_one_place_joins_it():
+    from pipeline.ingest.splits import join_blocks_across_files
+
+    # scene a has two blocks whose chips fall in cell X, where scene b's one block lies; cell Y is a's alone
+    blocks = ["a#0/0", "a#0/1", "b#0/0", "a#1/1", "c#0/0"]
+    scenes = ["a", "a", "b", "a", "c"]
+    cells = ["X", "X", "X", "Y", ""]
+    joined = join_blocks_across_files(blocks, scenes, cells)
+    assert joined[0] == joined[1] == joined[2] == "a#0/0"  # both of a's blocks overlap b's: one group
+    assert joined[3] == "a#1/1" and joined[4] == "c#0/0"  # a cell of one scene, or no CRS, joins nothing
