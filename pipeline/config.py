@@ -36,6 +36,7 @@ class GridConfig(_Strict):
 
     domains: list[str] = ["medical", "remote"]
     baseline_inits: list[Literal["imagenet", "random"]] = ["imagenet", "random"]
+    cls_domains: list[str] = ["medical", "remote"]  # domains with image labels to classify ([] = off)
     seg_domains: list[str] = ["medical", "remote"]  # domains with masks to run segmentation on ([] = off)
     det_domains: list[str] = ["medical", "remote"]  # domains with COCO boxes to run detection on ([] = off)
 
@@ -102,6 +103,10 @@ class SimCLRConfig(_Strict):
     grad_clip_norm: Annotated[float, Field(ge=0)] = 5.0  # 0 disables clipping
     projection_hidden_dim: PositiveInt = 512
     projection_dim: PositiveInt = 128
+    # stem + this many timm feature stages keep their starting weights and BatchNorm statistics (0 = train all)
+    freeze_stages: Annotated[int, Field(ge=0)] = 0
+    # re-estimate BatchNorm statistics on the clean training chips before each kNN and the export (AdaBN)
+    recalibrate_batchnorm: bool = False
     knn_every_epochs: Annotated[int, Field(ge=0)] = 5  # 0 disables the kNN monitor
     knn_k: PositiveInt = 20
     # which weights the stage exports: best_knn = those of the epoch with the best validation kNN accuracy (epoch 0,
@@ -242,12 +247,10 @@ class Config(_Strict):
         for domain in self.grid.domains:
             if domain not in self.data:
                 raise ValueError(f"grid.domains lists {domain!r} but data.{domain} is missing")
-        for domain in self.grid.seg_domains:
-            if domain not in self.grid.domains:
-                raise ValueError(f"grid.seg_domains lists {domain!r}, which is not in grid.domains")
-        for domain in self.grid.det_domains:
-            if domain not in self.grid.domains:
-                raise ValueError(f"grid.det_domains lists {domain!r}, which is not in grid.domains")
+        for key in ("cls_domains", "seg_domains", "det_domains"):
+            for domain in getattr(self.grid, key):
+                if domain not in self.grid.domains:
+                    raise ValueError(f"grid.{key} lists {domain!r}, which is not in grid.domains")
         for domain, section in self.data.items():
             if section.preset not in PRESETS:
                 raise ValueError(f"data.{domain}.preset: unknown preset {section.preset!r}; known: {sorted(PRESETS)}")

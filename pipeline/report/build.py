@@ -53,6 +53,8 @@ class ReportInputs:
 def build_report(inputs: ReportInputs) -> dict:
     """Write every report file; return the headline written to ``metrics.json`` (the rest: ``results.json``)."""
     domains = list(inputs.domains)
+    for folder in ("figures", "label_efficiency"):  # DVC outputs even when no domain fills them
+        (inputs.reports_dir / folder).mkdir(parents=True, exist_ok=True)
     results = read_results(inputs.evaluate_dir, domains)
     segmentation = read_segmentation_results(inputs.evaluate_dir, domains)
     detection = read_segmentation_results(inputs.evaluate_dir, domains, task="det")
@@ -94,8 +96,15 @@ def build_report(inputs: ReportInputs) -> dict:
 
 def _domain_section(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset,
                     results: dict[str, dict], metrics: dict, comparisons: list[Comparison]) -> None:
-    cls = metrics["cls"]
     figure_dir = inputs.reports_dir / "figures"
+    chips = load_chipset(inputs.ingest_dir / domain)
+    if not results:  # not in grid.cls_domains (e.g. a set labelled by masks only)
+        document.add(Heading(f"{domain}"), Paragraph(
+            f"{preset.description}. No classification for this domain (grid.cls_domains)."))
+        _pretrain_block(document, inputs, domain, figure_dir)
+        _gallery_block(document, inputs, domain, preset, chips, figure_dir)
+        return
+    cls = metrics["cls"]
     document.add(Heading(f"{domain}: classification"), Paragraph(
         f"{preset.description}. Test chips: {next(iter(results.values()))['n_test'] if results else 0}; "
         f"headline label fraction {inputs.label_fraction:.0%}; best mean per column in bold."))
@@ -107,7 +116,6 @@ def _domain_section(document: Document, inputs: ReportInputs, domain: str, prese
                     finetune_flags(cls, inputs.label_fraction, inputs.label_fractions))
     _label_efficiency_block(document, inputs, domain, metrics, LABEL_EFFICIENCY[0], comparisons)
     _pretrain_block(document, inputs, domain, figure_dir)
-    chips = load_chipset(inputs.ingest_dir / domain)
     _gallery_block(document, inputs, domain, preset, chips, figure_dir)
     _confusion_and_embedding_blocks(document, domain, results, chips.classes, figure_dir)
 

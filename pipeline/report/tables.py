@@ -59,7 +59,7 @@ def collect_metrics(results: dict[str, dict[str, dict]], pretrain_dir: Path,
     """The nested metrics file: each task's per-init, per-protocol summary, plus SimCLR's monitors."""
     metrics: dict = {}
     for domain, by_init in results.items():
-        metrics[domain] = {"cls": {init: result["summary"] for init, result in by_init.items()}}
+        metrics[domain] = {"cls": {init: result["summary"] for init, result in by_init.items()}} if by_init else {}
         if segmentation and segmentation.get(domain):
             metrics[domain]["seg"] = {init: result["summary"] for init, result in segmentation[domain].items()}
         if detection and detection.get(domain):

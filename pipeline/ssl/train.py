@@ -42,6 +42,8 @@ from pipeline.data.chips import ChipSet
 from pipeline.data.datasets import ChannelStandardiser, TwoViewDataset
 from pipeline.data.prefetch import prefetch_in_thread
 from pipeline.metrics import classification_metrics
+from pipeline.models.batchnorm import recalibrated_copy
+from pipeline.models.freeze import freeze_early_stages, hold_frozen_batchnorm
 from pipeline.models.heads import SimCLRModel
 from pipeline.runtime import Compute
 from pipeline.ssl.distributed import DistributedContext, nt_xent_distributed
@@ -80,10 +82,14 @@ class _Run:
     checkpoint_step: int | None = None  # step of the last checkpoint written or resumed from
     best: dict | None = None  # simclr.export best_knn: {"epoch", "knn_acc", "backbone": state dict on CPU}
 
-    def note_knn(self, epoch: int, accuracy: float) -> None:
-        """Keep the backbone of the best validation kNN accuracy so far (the earliest on a tie)."""
+    def note_knn(self, epoch: int, accuracy: float, backbone: nn.Module) -> None:
+        """Keep ``backbone`` (the weights as they would be exported) if its validation kNN accuracy is the best so
+        far (the earliest on a tie). NaN (no labelled train or val chips) is never best, so an unlabelled set
+        exports its last weights."""
+        if accuracy != accuracy:
+            return
         if self.best is None or accuracy > self.best["knn_acc"]:
-            state = {key: value.detach().cpu().clone() for key, value in self.model.backbone.state_dict().items()}
+            state = {key: value.detach().cpu().clone() for key, value in backbone.state_dict().items()}
             self.best = {"epoch": epoch, "knn_acc": accuracy, "backbone": state}
 
 
@@ -134,6 +140,8 @@ def pretrain_simclr(
     dataset = TwoViewDataset(chips, chips.indices("train"), augment_preset, cfg.image_size, seed)
     loader, sampler = _make_loader(dataset, cfg.batch_size, seed, num_workers, context)
     steps_per_epoch = len(loader)
+    frozen = freeze_early_stages(model.backbone, cfg.freeze_stages)
+    backbone_params = dict(model.backbone.named_parameters())
     optimizer = build_optimizer(model, cfg, compute.device)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=cfg.epochs * steps_per_epoch, warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
@@ -143,9 +151,14 @@ def pretrain_simclr(
     model.to(compute.device, memory_format=torch.channels_last)
     if cfg.resume and checkpoint_path is not None:
         _maybe_resume(run, checkpoint_path, resume_key, cfg.epochs * steps_per_epoch, compute.device)
+    def monitor_knn(epoch: int) -> float:
+        exported = _as_exported(model.backbone, chips, cfg, compute)
+        accuracy = knn_accuracy(exported, chips, cfg.knn_k, compute, cfg.image_size)
+        run.note_knn(epoch, accuracy, exported)
+        return accuracy
+
     if run.step == 0 and cfg.knn_every_epochs and context.is_main:  # not again when resuming mid-epoch 1
-        run.history.epochs.append({"epoch": 0, "knn_acc": knn_accuracy(model.backbone, chips, cfg.knn_k, compute, cfg.image_size)})
-        run.note_knn(0, run.history.epochs[0]["knn_acc"])
+        run.history.epochs.append({"epoch": 0, "knn_acc": monitor_knn(0)})
     for row in run.history.epochs:
         _log_row(live, row)
     trainer = _wrap_for_training(model, cfg, compute, context)
@@ -159,6 +172,7 @@ def pretrain_simclr(
         sampler.skip = done_before * loader.batch_size
         dataset.set_epoch(epoch)
         model.train()
+        hold_frozen_batchnorm(model)
         started, consecutive_skips = time.perf_counter(), 0
         batches = prefetch_in_thread(loader) if num_workers == 0 else loader
         for pairs in batches:  # (B, 2, C, S, S)
@@ -183,8 +197,7 @@ def pretrain_simclr(
             row["skipped_steps"] = float(run.skipped_steps)
         run.epoch_sums, run.skipped_steps = torch.zeros_like(run.epoch_sums), 0
         if context.is_main and cfg.knn_every_epochs and (epoch % cfg.knn_every_epochs == 0 or epoch == cfg.epochs):
-            row["knn_acc"] = knn_accuracy(model.backbone, chips, cfg.knn_k, compute, cfg.image_size)
-            run.note_knn(epoch, row["knn_acc"])
+            row["knn_acc"] = monitor_knn(epoch)
         run.epoch = epoch
         run.history.epochs.append({"epoch": epoch, **row})
         _log_row(live, run.history.epochs[-1])
@@ -192,10 +205,22 @@ def pretrain_simclr(
                  run.history.images_per_s[-1])
         save(run)
     progress.close()
+    for name in frozen:  # the caller gets the backbone back whole (fine-tuning trains every layer)
+        backbone_params[name].requires_grad_(True)
     if cfg.export == "best_knn" and run.best is not None and context.is_main:
         run.history.exported_epoch = run.best["epoch"]
         model.backbone.load_state_dict(run.best["backbone"])
+    elif cfg.recalibrate_batchnorm and context.is_main:
+        model.backbone.load_state_dict(_as_exported(model.backbone, chips, cfg, compute).state_dict())
     return run.history
+
+
+def _as_exported(backbone: nn.Module, chips: ChipSet, cfg: SimCLRConfig, compute: Compute) -> nn.Module:
+    """The backbone as the stage would export it now: with ``recalibrate_batchnorm``, a copy whose BatchNorm
+    statistics come from the clean training chips; otherwise the backbone itself."""
+    if not cfg.recalibrate_batchnorm:
+        return backbone
+    return recalibrated_copy(backbone, chips, chips.indices("train"), compute, cfg.image_size)
 
 
 class _ResumableSampler(DistributedSampler):

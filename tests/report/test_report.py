@@ -207,3 +207,25 @@ def test_the_verdict_says_when_in_domain_pretraining_did_not_improve_on_its_star
                                                                    "knn_acc_last": 0.79}})
     assert "(validation kNN accuracy 0.840 at the start, 0.790 at the end), so the stage exported the starting " \
            "weights" in pretraining_note(tmp_path, "remote")
+
+
+def test_a_domain_without_classification_still_gets_its_pretraining_section_and_no_classification_rows(tmp_path):
+    """grid.cls_domains leaves out a set labelled only by masks (e.g. fetal head ultrasound): no classification
+    stages ran, so the report must neither fail on their absence nor print empty classification tables."""
+    _write_chip_cache(tmp_path / "ingest" / "medical")
+    history = [{"epoch": 0, "knn_acc": float("nan")}, {"epoch": 1, "loss": 4.0, "top1": 0.2, "embedding_std": 0.05,
+                                                       "lr": 1e-3, "knn_acc": float("nan")}]
+    write_json(tmp_path / "pretrain" / "medical" / "summary.json", {"history": history, "wall_s": 3.0, "metrics": {
+        "final_loss": 4.0, "final_top1": 0.2, "final_embedding_std": 0.05, "knn_acc": float("nan"),
+        "knn_acc_before": float("nan")}})
+    headline = build_report(ReportInputs(
+        evaluate_dir=tmp_path / "evaluate", pretrain_dir=tmp_path / "pretrain", ingest_dir=tmp_path / "ingest",
+        reports_dir=tmp_path / "reports", domains={"medical": PRESETS["medical_colour"]}, label_fraction=0.5,
+        label_fractions=[0.1, 0.5, 1.0], seed=0, image_size=32, projection_dim=128, provenance={"seed": "0"},
+    ))
+    text = (tmp_path / "reports" / "report.md").read_text()
+    assert headline == {}
+    assert "No classification for this domain (grid.cls_domains)" in text
+    assert "medical: SimCLR pretraining" in text and "medical: classification" not in text
+    assert "label efficiency" not in text
+    assert (tmp_path / "reports" / "label_efficiency").is_dir()  # a DVC output of the report stage, even empty
