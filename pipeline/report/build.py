@@ -210,12 +210,15 @@ def _pretrain_block(document: Document, inputs: ReportInputs, domain: str, figur
         return
     summary = read_json(summary_path)
     monitors = summary["metrics"]
+    before, after = monitors["knn_acc_before"], monitors["knn_acc"]
+    knn = (f"kNN accuracy on the validation chips: {before:.3f} before → {after:.3f} after{_exported(summary)}"
+           if before == before and after == after else  # NaN: no image labels in train or val
+           "no kNN monitor (no labelled training and validation chips): the last weights are exported")
     document.add(Heading(f"{domain}: SimCLR pretraining", 3), Figure(
         figures.training_curves(summary["history"], figure_dir / f"pretrain_{domain}.png", f"{domain}: SimCLR",
                                 embedding_std_reference(inputs.projection_dim)),
         f"{domain}: SimCLR monitors per epoch (epoch 0 = starting weights)"), Bullets([
-        f"kNN accuracy on the validation chips: {monitors['knn_acc_before']:.3f} before → {monitors['knn_acc']:.3f} "
-        f"after{_exported(summary)}",
+        knn,
         f"final loss {monitors['final_loss']:.3f}, contrastive top-1 {monitors['final_top1']:.3f}, "
         f"embedding std {monitors['final_embedding_std']:.3f} (collapse → 0; uniform ≈ "
         f"{embedding_std_reference(inputs.projection_dim):.3f})",

@@ -228,4 +228,5 @@ def test_a_domain_without_classification_still_gets_its_pretraining_section_and_
     assert "No classification for this domain (grid.cls_domains)" in text
     assert "medical: SimCLR pretraining" in text and "medical: classification" not in text
     assert "label efficiency" not in text
+    assert "no kNN monitor (no labelled training and validation chips): the last weights are exported" in text
     assert (tmp_path / "reports" / "label_efficiency").is_dir()  # a DVC output of the report stage, even empty
