@@ -63,8 +63,9 @@ class IngestConfig(_Strict):
     strict: bool = False  # stop at the first bad file (one line naming it) instead of quarantining it
     workers: PositiveInt = 1  # decoding processes; 2 on a 2-core machine roughly doubles DICOM throughput
     # near-duplicate chips across splits (pipeline/ingest/near_duplicates.py): count them in the report, also
-    # drop the val / test ones with a near-duplicate in train, or skip the check
-    near_duplicates: Literal["report", "drop", "off"] = "report"
+    # drop the val / test ones with a near-duplicate in train, join their patients / blocks before the split
+    # (group), or skip the check
+    near_duplicates: Literal["report", "drop", "group", "off"] = "report"
     near_duplicate_similarity: Annotated[float, Field(gt=0, le=1)] = 0.95
 
 

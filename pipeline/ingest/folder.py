@@ -32,11 +32,11 @@ from pipeline.ingest.spill import LARGE_FILE_BYTES
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.source_kinds import SOURCE_KINDS
-from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprints
+from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprints, near_duplicate_sets
 from pipeline.ingest.labels_table import read_labels_csv, read_labels_table
 from pipeline.ingest.sources import FileTask, read_class_names, read_file_safely, read_mask_classes
-from pipeline.ingest.splits import (check_no_leakage, group_split, join_blocks_across_files, map_cells,
-                                    spatial_block_split)
+from pipeline.ingest.splits import (check_no_leakage, group_split, join_blocks_across_files, join_units,
+                                    map_cells, spatial_block_split)
 from pipeline.presets import DomainPreset
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class IngestFailed(ValueError):
 
 @dataclass(frozen=True)
 class DuplicatePolicy:
-    """``ingest.near_duplicates`` (report / drop / off) and ``ingest.near_duplicate_similarity``."""
+    """``ingest.near_duplicates`` (report / drop / group / off) and ``ingest.near_duplicate_similarity``."""
 
     mode: str = "report"
     similarity: float = 0.95
@@ -128,15 +128,16 @@ def finish_reading(out: IngestedChips, source: Path, cfg: DomainDataConfig) -> I
     return out
 
 
-def _split_by_group(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
-    return group_split([r["group"] for r in rows], tuple(cfg.split_fractions), seed,
+def _split_by_group(rows, cfg: DomainDataConfig, seed: int, links: np.ndarray | None = None) -> np.ndarray:
+    groups = [str(r["group"]) for r in rows]
+    return group_split(groups if links is None else join_units(groups, links), tuple(cfg.split_fractions), seed,
                        labels=[r["label"] for r in rows])
 
 
-def _split_by_block(rows, cfg: DomainDataConfig, seed: int) -> np.ndarray:
+def _split_by_block(rows, cfg: DomainDataConfig, seed: int, links: np.ndarray | None = None) -> np.ndarray:
     return spatial_block_split([r["source"] for r in rows], [r["row"] for r in rows], [r["col"] for r in rows],
                                cfg.geotiff.block_size_px, tuple(cfg.split_fractions), seed, cfg.geotiff.buffer_px,
-                               chip_size_px=cfg.chip_size, cells=_cells(rows, cfg))
+                               chip_size_px=cfg.chip_size, cells=_cells(rows, cfg), links=links)
 
 
 def _cells(rows, cfg: DomainDataConfig) -> list[str]:
@@ -189,10 +190,12 @@ def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, p
         report = {"source": label, **outcome_report(found, 0, 0, {}, redact)}
         raise IngestFailed(f"{label}: no chips from {found.files_seen} {preset.reader} files "
                            f"({summarise_reasons(report)})", report)
+    links = None
     if found.user_splits:  # labels.csv's split column; a file it does not list only serves pretraining
         splits = [found.user_splits.get(str(row["source"]), "train") for row in found.rows]
     else:
-        splits = [str(split) for split in SPLITTERS[preset.split](found.rows, cfg, seed)]
+        links = _near_duplicate_links(found, duplicates)
+        splits = [str(split) for split in SPLITTERS[preset.split](found.rows, cfg, seed, links)]
     value_range = {}
     if any(found.range_group):
         value_range, splits = found.map_pending_ranges(splits, cfg)
@@ -210,6 +213,8 @@ def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, p
         check_user_split(rows, units, preset.split, redact)
     check_no_leakage(units, [row["split"] for row in rows])
     keep, rows, near = _near_duplicates(found, keep, rows, duplicates)
+    if links is not None:  # before any value-range rejection: sets as the split saw them
+        near["grouped"] = _grouped_summary(links)
     train = [i for i, row in zip(keep, rows) if row["split"] == "train"]
     mean, std = channel_statistics(found.subset("images", train), found.subset("valid", train))
     masks = found.subset("masks", keep) if found.has_masks() else None
@@ -234,6 +239,19 @@ def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, p
     return report
 
 
+def _near_duplicate_links(found: IngestedChips, duplicates: DuplicatePolicy) -> np.ndarray | None:
+    """``group``: each chip's near-duplicate set, from the chips as read (before a train-split value range maps
+    them: the fingerprint ignores brightness and contrast), so the split can keep each set together."""
+    if duplicates.mode != "group":
+        return None
+    return near_duplicate_sets(fingerprints(found.images, found.valid), duplicates.similarity)
+
+
+def _grouped_summary(links: np.ndarray) -> dict[str, int]:
+    sizes = np.bincount(links)
+    return {"sets": int((sizes > 1).sum()), "chips": int(sizes[sizes > 1].sum())}
+
+
 def _near_duplicates(found: IngestedChips, keep: list[int], rows: list[dict],
                      duplicates: DuplicatePolicy) -> tuple[list[int], list[dict], dict]:
     """Count near-duplicates across splits (the report's entry) and, with ``drop``, remove the val / test chips
@@ -244,6 +262,9 @@ def _near_duplicates(found: IngestedChips, keep: list[int], rows: list[dict],
     near = find_near_duplicates(prints, [row["split"] for row in rows], [str(row["label"]) for row in rows],
                                 duplicates.similarity)
     dropped = int(near.in_train.sum()) if duplicates.mode == "drop" else 0
+    if duplicates.mode == "group" and found.user_splits:
+        return keep, rows, {**near.report(duplicates.similarity, 0),
+                            "grouped": "not applied: the split comes from labels.csv"}
     if dropped:
         keep = [i for i, flagged in zip(keep, near.in_train) if not flagged]
         rows = [{**row, "chip_id": n} for n, row in enumerate(r for r, flagged in zip(rows, near.in_train)

@@ -16,7 +16,10 @@ while it still flags 16 of BUSI's 116 test images (a set known to hold duplicate
 with other brightness and contrast 1.0. Ingest
 reports, per pair of splits, how many chips of the later split have a near-duplicate in the earlier one, and how
 many of those share its label (``ingest.near_duplicates: report``); ``drop`` also removes the val / test chips
-that have one in train, the ones that inflate the metrics (train is left as it is, so its statistics are too).
+that have one in train, the ones that inflate the metrics (train is left as it is, so its statistics are too);
+``group`` keeps every chip and joins the patients (or spatial blocks) of near-duplicates before the split is
+drawn, so each picture and its copies land in one split (with a ``split`` column from labels.csv there is no
+split to draw: ``group`` then reports only, and says so).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 THUMBNAIL = 32
 BAND_PASS_SIGMA = 2.0  # thumbnail pixels
@@ -93,3 +98,22 @@ def _matches(prints: np.ndarray, a: np.ndarray, b: np.ndarray, labels: np.ndarra
         labelled = labels[rows] != ""
         same[start:start + len(rows)] = labelled & (close & (labels[rows][:, None] == labels[a][None, :])).any(axis=1)
     return found, same
+
+
+def near_duplicate_sets(prints: np.ndarray, threshold: float) -> np.ndarray:
+    """(N,) int: the smallest chip index of each chip's near-duplicate set (pairs at or above ``threshold``,
+    joined transitively); a chip without a near-duplicate gets its own index. All pairs are compared, in blocks
+    of :data:`_ROWS_PER_BLOCK` rows: O(N²) products of 1,024 numbers."""
+    n = len(prints)
+    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start in range(0, n, _ROWS_PER_BLOCK):
+        rows, cols = np.nonzero(prints[start:start + _ROWS_PER_BLOCK] @ prints.T >= threshold)
+        rows = rows + start
+        firsts.append(rows[cols > rows])
+        seconds.append(cols[cols > rows])
+    first, second = np.concatenate(firsts), np.concatenate(seconds)
+    _, component = connected_components(coo_matrix((np.ones(len(first)), (first, second)), shape=(n, n)),
+                                         directed=False)
+    smallest = np.full(component.max(initial=-1) + 1, n, np.int64)
+    np.minimum.at(smallest, component, np.arange(n))
+    return smallest[component]

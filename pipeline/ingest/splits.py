@@ -177,7 +177,7 @@ def _buffered(train_rc: np.ndarray, other_rc: np.ndarray, chip_size: int, buffer
 def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Sequence[int],
                         block_size_px: int, fractions: tuple[float, float, float], seed: int,
                         buffer_px: int = 0, chip_size_px: int | None = None,
-                        cells: Sequence[str] | None = None) -> np.ndarray:
+                        cells: Sequence[str] | None = None, links: Sequence[int] | None = None) -> np.ndarray:
     """Split chips by spatial blocks, so neighbouring (correlated) chips never straddle train and test.
 
     A block is ``(scene, row // block_size_px, col // block_size_px)`` from each chip's top-left offset;
@@ -197,6 +197,7 @@ def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Seq
         chip_size_px: chip side in pixels, for the footprint; None infers it as the chips' grid step.
         cells: per chip, the map cell its centre falls in (:func:`map_cells`; ``""`` when not georeferenced):
             blocks of different scenes that share a cell are one group (:func:`join_blocks_across_files`).
+        links: per chip, a link id (e.g. its near-duplicate set): blocks whose chips share one are one group.
 
     Returns:
         (N,) str array of ``"train"`` / ``"val"`` / ``"test"`` / ``"buffer"``.
@@ -213,6 +214,8 @@ def spatial_block_split(scene_ids: Sequence[str], rows: Sequence[int], cols: Seq
     blocks = [f"{s}\x00{r}\x00{c}" for s, r, c in zip(scenes, block_rows, block_cols, strict=True)]
     if cells is not None:
         blocks = join_blocks_across_files(blocks, scenes, cells)
+    if links is not None:
+        blocks = join_units(blocks, links)
     splits = group_split(blocks, fractions, seed)
     if buffer_px == 0 or len(splits) == 0:
         return splits
@@ -244,31 +247,53 @@ def map_cells(crs: Sequence[str], transforms: Sequence[str], chip_size_px: int, 
     return cells
 
 
+class _Unions:
+    """Union-find over string keys; each set is named by its smallest key, so results do not depend on order."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.parent: dict[str, str] = {key: key for key in keys}
+
+    def root(self, key: str) -> str:
+        while self.parent[key] != key:
+            self.parent[key] = self.parent[self.parent[key]]
+            key = self.parent[key]
+        return key
+
+    def join(self, keys: Sequence[str]) -> None:
+        first, *others = sorted(keys)
+        for other in others:
+            low, high = sorted((self.root(first), self.root(other)))
+            self.parent[high] = low
+
+
+def join_units(units: Sequence[str], links: Sequence[int]) -> list[str]:
+    """Units (patient groups, spatial blocks) whose chips share a link id become one unit, named by the smallest:
+    e.g. links = near-duplicate sets, so copies of one picture under two patients can never straddle splits."""
+    unions = _Unions(units)
+    by_link: dict[int, set[str]] = defaultdict(set)
+    for unit, link in zip(units, links, strict=True):
+        by_link[int(link)].add(unit)
+    for members in by_link.values():
+        if len(members) > 1:
+            unions.join(list(members))
+    return [unions.root(unit) for unit in units]
+
+
 def join_blocks_across_files(blocks: Sequence[str], scenes: Sequence[str], cells: Sequence[str]) -> list[str]:
     """Blocks with chips in a map cell that chips of *more than one* scene fall in become one group, keyed by the
     smallest of their block keys: two tiles of the same place (re-exports, overlapping acquisitions, a tile set cut
     from one mosaic) can then never straddle train and test, whichever of a scene's blocks overlap the other's.
     Cells of one scene alone join nothing (its own grid already separates its blocks), so a folder of scenes that
     do not overlap keeps its blocks and its split."""
-    parent: dict[str, str] = {block: block for block in blocks}
-
-    def root(block: str) -> str:
-        while parent[block] != block:
-            parent[block] = parent[parent[block]]
-            block = parent[block]
-        return block
-
+    unions = _Unions(blocks)
     by_cell: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))  # cell → scene → its blocks
     for block, scene, cell in zip(blocks, scenes, cells, strict=True):
         if cell:
             by_cell[cell][str(scene)].add(block)
     for members in by_cell.values():
         if len(members) > 1:
-            first, *others = sorted(set().union(*members.values()))
-            for other in others:
-                low, high = sorted((root(first), root(other)))
-                parent[high] = low
-    joined = [root(block) for block in blocks]
+            unions.join(list(set().union(*members.values())))
+    joined = [unions.root(block) for block in blocks]
     merged = len(set(blocks)) - len(set(joined))
     if merged:
         log.info("spatial split: %d blocks joined to blocks of other files at the same place", merged)

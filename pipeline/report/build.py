@@ -342,11 +342,14 @@ def _provenance(inputs: ReportInputs, results: dict[str, dict[str, dict]],
 
 def near_duplicate_line(near: dict) -> str:
     """``test chips with a train near-duplicate 3 of 120 (same label 2), …, dropped 0 (cosine ≥ 0.95 …)``."""
-    pairs = [(key, value) for key, value in near.items() if isinstance(value, dict) and "chips" in value]
+    pairs = [(key, value) for key, value in near.items() if "-" in key and isinstance(value, dict)]
     text = ", ".join(f"{key.split('-')[1]} chips with a {key.split('-')[0]} near-duplicate {value['chips']} of "
                      f"{next(v for k, v in value.items() if k.startswith('of_'))} (same label {value['same_label']})"
                      for key, value in pairs)
-    return f"{text}; dropped {near.get('dropped', 0)} (cosine ≥ {near['similarity_at_least']} of {near['fingerprint']})"
+    grouped = near.get("grouped")
+    action = (f"grouped {grouped['chips']} chips in {grouped['sets']} sets into one split each" if isinstance(grouped, dict)
+              else f"not grouped ({grouped.split(': ', 1)[1]})" if grouped else f"dropped {near.get('dropped', 0)}")
+    return f"{text}; {action} (cosine ≥ {near['similarity_at_least']} of {near['fingerprint']})"
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -75,3 +75,64 @@ def test_ingest_reports_copies_under_other_names_and_drop_removes_them_from_val_
     (tmp_path / "off").mkdir()
     assert "near_duplicates" not in ingest_folder(source, cfg, PRESETS["natural_rgb"], 0, tmp_path / "off",
                                                   duplicates=DuplicatePolicy("off"))
+
+
+def test_near_duplicate_sets_join_transitively_and_leave_the_rest_alone():
+    prints = np.eye(7, 64, dtype=np.float32)
+    prints[3] = prints[0]
+    prints[5] = 0.6 * prints[0] + 0.8 * prints[1]  # cosine 0.6 to 0 and 0.8 to 1: below 0.95, joins nothing
+    prints[6] = prints[2]
+    prints[4] = 0.0  # a flat chip matches nothing, not even another flat one
+    from pipeline.ingest.near_duplicates import near_duplicate_sets
+
+    assert near_duplicate_sets(prints, 0.95).tolist() == [0, 1, 2, 0, 4, 5, 2]
+    assert near_duplicate_sets(prints, 0.5).tolist() == [0, 0, 2, 0, 4, 0, 2]  # 0~5~1 joins 0, 1, 3 and 5
+    assert near_duplicate_sets(np.zeros((0, 64), np.float32), 0.95).tolist() == []
+
+
+def _folder_with_copies(source, labelled_split: bool = False):
+    rng = np.random.default_rng(2)
+    source.mkdir()
+    rows = ["path,label" + (",split" if labelled_split else "")]
+    for k in range(30):
+        image = cv2.GaussianBlur(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), (5, 5), 2)
+        cv2.imwrite(str(source / f"img_{k:02d}.png"), image)
+        rows.append(f"img_{k:02d}.png,{'ab'[k % 2]}" + (",train" if labelled_split else ""))
+        if k < 10:  # re-exported copies under new names: other files, other groups
+            cv2.imwrite(str(source / f"copy_{k:02d}.png"), cv2.convertScaleAbs(image, alpha=0.9, beta=12))
+            rows.append(f"copy_{k:02d}.png,{'ab'[k % 2]}" + (",test" if labelled_split else ""))
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_group_keeps_each_picture_and_its_copies_in_one_split(tmp_path):
+    source = tmp_path / "src"
+    _folder_with_copies(source)
+    cfg = DomainDataConfig(preset="natural_rgb", source=str(source), chip_size=32)
+    outs = {}
+    for mode in ("report", "group"):
+        (tmp_path / mode).mkdir()
+        report = ingest_folder(source, cfg, PRESETS["natural_rgb"], 0, tmp_path / mode,
+                               duplicates=DuplicatePolicy(mode, 0.95))
+        split = {row["source"]: row["split"] for row in load_chipset(tmp_path / mode).manifest}
+        outs[mode] = report, split
+    report, split = outs["report"]
+    crossing = sum(split[f"copy_{k:02d}.png"] != split[f"img_{k:02d}.png"] for k in range(10))
+    assert crossing > 0  # the automatic split by file separates some copies from their pictures
+    report, split = outs["group"]
+    assert all(split[f"copy_{k:02d}.png"] == split[f"img_{k:02d}.png"] for k in range(10))
+    assert report["chips"]["kept"] == 40  # nothing dropped
+    assert report["near_duplicates"]["grouped"] == {"sets": 10, "chips": 20}
+    assert all(report["near_duplicates"][pair]["chips"] == 0 for pair in ("train-val", "train-test", "val-test"))
+    assert "; grouped 20 chips in 10 sets into one split each (cosine" in near_duplicate_line(report["near_duplicates"])
+
+
+def test_group_with_a_user_split_reports_and_says_it_could_not_regroup(tmp_path):
+    source = tmp_path / "src"
+    _folder_with_copies(source, labelled_split=True)
+    cfg = DomainDataConfig(preset="natural_rgb", source=str(source), chip_size=32)
+    (tmp_path / "out").mkdir()
+    report = ingest_folder(source, cfg, PRESETS["natural_rgb"], 0, tmp_path / "out",
+                           duplicates=DuplicatePolicy("group", 0.95))
+    assert report["near_duplicates"]["train-test"]["chips"] == 10
+    assert report["near_duplicates"]["grouped"] == "not applied: the split comes from labels.csv"
+    assert "; not grouped (the split comes from labels.csv) (cosine" in near_duplicate_line(report["near_duplicates"])

@@ -181,3 +181,17 @@ def test_every_block_of_a_scene_that_overlaps_another_file_at_one_place_joins_it
     joined = join_blocks_across_files(blocks, scenes, cells)
     assert joined[0] == joined[1] == joined[2] == "a#0/0"  # both of a's blocks overlap b's: one group
     assert joined[3] == "a#1/1" and joined[4] == "c#0/0"  # a cell of one scene, or no CRS, joins nothing
+
+
+def test_linked_chips_join_their_spatial_blocks_and_patient_groups():
+    from pipeline.ingest.splits import join_units
+
+    assert join_units(["p1", "p2", "p3", "p4"], [0, 1, 0, 3]) == ["p1", "p2", "p1", "p4"]
+    assert join_units(["p2", "p1", "p3"], [0, 1, 1]) == ["p2", "p1", "p1"]  # named by the smallest
+    # 40 scenes of one block each; scene k's chip is linked to scene k + 20's (a copy of the same picture)
+    scenes = [f"scene{k:02d}" for k in range(40)]
+    links = [k % 20 for k in range(40)]
+    splits = spatial_block_split(scenes, [0] * 40, [0] * 40, 256, (0.6, 0.2, 0.2), seed=0, links=links)
+    assert all(splits[k] == splits[k + 20] for k in range(20))
+    unlinked = spatial_block_split(scenes, [0] * 40, [0] * 40, 256, (0.6, 0.2, 0.2), seed=0)
+    assert any(unlinked[k] != unlinked[k + 20] for k in range(20))
