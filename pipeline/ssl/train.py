@@ -151,14 +151,8 @@ def pretrain_simclr(
     model.to(compute.device, memory_format=torch.channels_last)
     if cfg.resume and checkpoint_path is not None:
         _maybe_resume(run, checkpoint_path, resume_key, cfg.epochs * steps_per_epoch, compute.device)
-    def monitor_knn(epoch: int) -> float:
-        exported = _as_exported(model.backbone, chips, cfg, compute)
-        accuracy = knn_accuracy(exported, chips, cfg.knn_k, compute, cfg.image_size)
-        run.note_knn(epoch, accuracy, exported)
-        return accuracy
-
     if run.step == 0 and cfg.knn_every_epochs and context.is_main:  # not again when resuming mid-epoch 1
-        run.history.epochs.append({"epoch": 0, "knn_acc": monitor_knn(0)})
+        run.history.epochs.append({"epoch": 0, "knn_acc": _monitor_knn(run, chips, cfg, compute, 0)})
     for row in run.history.epochs:
         _log_row(live, row)
     trainer = _wrap_for_training(model, cfg, compute, context)
@@ -197,7 +191,7 @@ def pretrain_simclr(
             row["skipped_steps"] = float(run.skipped_steps)
         run.epoch_sums, run.skipped_steps = torch.zeros_like(run.epoch_sums), 0
         if context.is_main and cfg.knn_every_epochs and (epoch % cfg.knn_every_epochs == 0 or epoch == cfg.epochs):
-            row["knn_acc"] = monitor_knn(epoch)
+            row["knn_acc"] = _monitor_knn(run, chips, cfg, compute, epoch)
         run.epoch = epoch
         run.history.epochs.append({"epoch": epoch, **row})
         _log_row(live, run.history.epochs[-1])
@@ -207,12 +201,26 @@ def pretrain_simclr(
     progress.close()
     for name in frozen:  # the caller gets the backbone back whole (fine-tuning trains every layer)
         backbone_params[name].requires_grad_(True)
-    if cfg.export == "best_knn" and run.best is not None and context.is_main:
-        run.history.exported_epoch = run.best["epoch"]
-        model.backbone.load_state_dict(run.best["backbone"])
-    elif cfg.recalibrate_batchnorm and context.is_main:
-        model.backbone.load_state_dict(_as_exported(model.backbone, chips, cfg, compute).state_dict())
+    if context.is_main:
+        _load_export(run, chips, cfg, compute)
     return run.history
+
+
+def _monitor_knn(run: _Run, chips: ChipSet, cfg: SimCLRConfig, compute: Compute, epoch: int) -> float:
+    """Validation kNN accuracy of the weights as they would be exported now; the best are kept (best_knn)."""
+    exported = _as_exported(run.model.backbone, chips, cfg, compute)
+    accuracy = knn_accuracy(exported, chips, cfg.knn_k, compute, cfg.image_size)
+    run.note_knn(epoch, accuracy, exported)
+    return accuracy
+
+
+def _load_export(run: _Run, chips: ChipSet, cfg: SimCLRConfig, compute: Compute) -> None:
+    """Put the weights the stage exports into the model: the best kNN epoch's, or the last (recalibrated)."""
+    if cfg.export == "best_knn" and run.best is not None:
+        run.history.exported_epoch = run.best["epoch"]
+        run.model.backbone.load_state_dict(run.best["backbone"])
+    elif cfg.recalibrate_batchnorm:
+        run.model.backbone.load_state_dict(_as_exported(run.model.backbone, chips, cfg, compute).state_dict())
 
 
 def _as_exported(backbone: nn.Module, chips: ChipSet, cfg: SimCLRConfig, compute: Compute) -> nn.Module:
