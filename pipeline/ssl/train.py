@@ -207,8 +207,10 @@ def pretrain_simclr(
 
 
 def _monitor_knn(run: _Run, chips: ChipSet, cfg: SimCLRConfig, compute: Compute, epoch: int) -> float:
-    """Validation kNN accuracy of the weights as they would be exported now; the best are kept (best_knn)."""
-    exported = _as_exported(run.model.backbone, chips, cfg, compute)
+    """Validation kNN accuracy of the weights as they would be exported now; the best are kept (best_knn).
+    Epoch 0 is the starting weights exactly as they came (the baseline init itself, never recalibrated), so
+    ``best_knn`` can always fall back to them."""
+    exported = run.model.backbone if epoch == 0 else _as_exported(run.model.backbone, chips, cfg, compute)
     accuracy = knn_accuracy(exported, chips, cfg.knn_k, compute, cfg.image_size)
     run.note_knn(epoch, accuracy, exported)
     return accuracy

@@ -98,3 +98,21 @@ def test_recalibration_changes_only_the_exported_statistics_not_the_training():
     for key, value in recalibrated.state_dict().items():
         torch.testing.assert_close(value, expected[key], msg=key)  # same weights; statistics of the clean chips
     assert not torch.equal(plain.bn1.running_mean, recalibrated.bn1.running_mean)
+
+
+def test_with_recalibration_epoch_0_is_still_the_starting_weights_as_they_came(monkeypatch):
+    """best_knn must be able to fall back to the baseline init itself, not to a recalibrated variant of it."""
+    from pipeline.ssl import train
+
+    chips = _chips()
+    backbone, _ = create_backbone("tf_efficientnet_lite0", "random", 3, seed=0)
+    start = {k: v.clone() for k, v in backbone.state_dict().items()}
+    monkeypatch.setattr(train, "knn_accuracy", lambda measured, *a, **k: 1.0 if measured is backbone else 0.5)
+    model = SimCLRModel(backbone, 32, 16)
+    cfg = SimCLRConfig(init="random", epochs=2, batch_size=8, image_size=32, knn_every_epochs=1,
+                       recalibrate_batchnorm=True, projection_hidden_dim=32, projection_dim=16)
+    history = pretrain_simclr(model, chips, cfg, "natural_rgb", seed=0)
+    assert [row["knn_acc"] for row in history.epochs] == [1.0, 0.5, 0.5] and history.exported_epoch == 0
+    for key, value in model.backbone.state_dict().items():
+        if "num_batches_tracked" not in key:
+            assert torch.equal(value, start[key]), key
