@@ -205,13 +205,16 @@ SPATIAL_TRANSFORMS = frozenset({"RandomResizedCrop", "Resize", "HorizontalFlip",
 SimCLR paper fine-tunes with random crops and flips only; the photometric steps are for contrastive views)."""
 
 
-def build_view_transform(preset: str, image_size: int, spatial_only: bool = False) -> A.Compose:
+def build_view_transform(preset: str, image_size: int, spatial_only: bool = False,
+                         crop_scale: tuple[float, float] | None = None) -> A.Compose:
     """One random view of a float32 (H, W, C) chip in [0, 1] → (image_size, image_size, C), same range.
 
     Args:
         preset: key of :data:`AUGMENT_PRESETS`.
         image_size: output side length in pixels.
         spatial_only: keep only the recipe's :data:`SPATIAL_TRANSFORMS` (fine-tuning's views).
+        crop_scale: (low, high) area fraction of the random resized crop, in place of the preset's
+            (``simclr.crop_scale``); None keeps the preset's.
 
     Returns:
         An ``A.Compose``; seed it per call (``set_random_seed`` / ``set_random_state``) for reproducibility.
@@ -224,6 +227,9 @@ def build_view_transform(preset: str, image_size: int, spatial_only: bool = Fals
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     steps = [step for step in AUGMENT_PRESETS[preset] if not spatial_only or step["transform"] in SPATIAL_TRANSFORMS]
+    if crop_scale is not None:
+        steps = [{**step, "scale": tuple(crop_scale)} if step["transform"] == "RandomResizedCrop" else step
+                 for step in steps]
     return A.Compose([_build_step(step, int(image_size)) for step in steps])
 
 
@@ -255,11 +261,12 @@ class TwoViewTransform:
     depend on which DataLoader worker computes it or on what it computed before.
     """
 
-    def __init__(self, preset: str, image_size: int, seed: int) -> None:
+    def __init__(self, preset: str, image_size: int, seed: int,
+                 crop_scale: tuple[float, float] | None = None) -> None:
         self.preset = preset
         self.image_size = image_size
         self.seed = seed
-        self.compose = build_view_transform(preset, image_size)
+        self.compose = build_view_transform(preset, image_size, crop_scale=crop_scale)
 
     def __call__(self, image: np.ndarray, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, C) float32 in [0, 1] → two (C, image_size, image_size) float32 C-contiguous views.

@@ -104,6 +104,8 @@ class SimCLRConfig(_Strict):
     grad_clip_norm: Annotated[float, Field(ge=0)] = 5.0  # 0 disables clipping
     projection_hidden_dim: PositiveInt = 512
     projection_dim: PositiveInt = 128
+    # (low, high) area fraction of SimCLR's random resized crop in place of the preset's; null = the preset's
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None = None
     # stem + this many timm feature stages keep their starting weights and BatchNorm statistics (0 = train all)
     freeze_stages: Annotated[int, Field(ge=0)] = 0
     # re-estimate BatchNorm statistics on the clean training chips before each kNN and the export (AdaBN)
@@ -117,6 +119,21 @@ class SimCLRConfig(_Strict):
     checkpoint_every_steps: Annotated[int, Field(ge=0)] = 0  # also checkpoint mid-epoch; 0 = epoch ends only
     on_nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/inf loss: stop naming the step, or skip the step
     sync_batchnorm: bool = True  # under torchrun on GPUs: BN statistics over the global batch
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered_scale(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError(f"must be [low, high] with low <= high, got {list(value)}")
+        return value
+
+    def describe(self) -> str:
+        """The recipe in one line (the report's provenance), levers only when set."""
+        levers = [f"crop scale {list(self.crop_scale)}" if self.crop_scale else "",
+                  f"stem + {self.freeze_stages} stages frozen" if self.freeze_stages else "",
+                  "BatchNorm recalibrated" if self.recalibrate_batchnorm else "", f"export {self.export}"]
+        return ", ".join([f"start {self.init}, {self.epochs} epochs, batch {self.batch_size}, τ {self.temperature}, "
+                          f"{self.image_size} px, {self.optimizer} lr {self.lr}", *filter(None, levers)])
 
 
 class LinearProbeConfig(_Strict):

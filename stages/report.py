@@ -31,8 +31,7 @@ if __name__ == "__main__":
     provenance = {
         "params": f"{args.params} sha256 {hashlib.sha256(params_text).hexdigest()[:12]}; seed {config.seed}",
         "backbone": f"{config.model.backbone} (ImageNet weights: {config.model.imagenet_weights})",
-        "SimCLR": f"start {simclr.init}, {simclr.epochs} epochs, batch {simclr.batch_size}, τ {simclr.temperature}, "
-                  f"{simclr.image_size} px, {simclr.optimizer} lr {simclr.lr}",
+        "SimCLR": simclr.describe(),
         "evaluation": f"seeds {list(config.evaluate.seeds)} (linear probes and floors: "
                       f"{len(config.evaluate.linear_seeds)} seeds); fine-tune {config.evaluate.finetune.describe()}"
                       f"{', linear probe first' if config.evaluate.finetune.linear_probe_first else ''}; "
@@ -46,6 +45,7 @@ if __name__ == "__main__":
         ingest_dir=Path(config.paths.ingest), reports_dir=Path(config.paths.reports),
         domains={domain: PRESETS[config.domain(domain).preset] for domain in config.grid.domains},
         label_fraction=config.evaluate.label_fraction, label_fractions=list(config.evaluate.label_fractions),
-        seed=config.seed, image_size=simclr.image_size, projection_dim=simclr.projection_dim, provenance=provenance,
+        seed=config.seed, image_size=simclr.image_size, crop_scale=simclr.crop_scale,
+        projection_dim=simclr.projection_dim, provenance=provenance,
         workers=config.runtime.parallel_runs or os.cpu_count() or 1,
     ))

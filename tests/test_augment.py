@@ -166,3 +166,15 @@ def test_band_dropout_skips_one_channel_and_never_drops_every_band() -> None:
         for _ in range(20):
             kept = (dropout(image=image)["image"] > 0).all(axis=(0, 1))
             assert 1 <= channels - kept.sum() <= min(2, channels - 1)
+
+
+def test_crop_scale_replaces_the_presets_random_resized_crop_scale_only():
+    default = build_view_transform("medical_colour", SIZE)
+    narrowed = build_view_transform("medical_colour", SIZE, crop_scale=(0.6, 0.9))
+    crops = [t for t in narrowed.transforms if type(t).__name__ == "RandomResizedCrop"]
+    assert len(crops) == 1 and tuple(crops[0].scale) == (0.6, 0.9)
+    assert [type(t).__name__ for t in narrowed.transforms] == [type(t).__name__ for t in default.transforms]
+    assert tuple(next(t for t in default.transforms if type(t).__name__ == "RandomResizedCrop").scale) == (0.35, 1.0)
+    # a whole-chip crop is the chip itself, resized: views differ only by the other steps
+    whole = TwoViewTransform("medical_colour", SIZE, seed=0, crop_scale=(1.0, 1.0))
+    assert whole(_chip(3, side=SIZE), index=0, epoch=0)[0].shape == (3, SIZE, SIZE)

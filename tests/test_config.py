@@ -106,3 +106,29 @@ def test_the_documented_gpu_scale_run_is_valid_and_decouples_view_from_chip_size
     assert config.model.backbone == "resnet50" and config.runtime.precision == "bf16"
     assert config.simclr.image_size == 224 < config.data["medical"].chip_size == 256
     assert config.evaluate.finetune.image_size == 224 and config.runtime.pretrain_launcher.startswith("torchrun")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("crop_scale", [0.8, 0.4], r"simclr\.crop_scale: .*low <= high"),
+    ("crop_scale", [0.0, 1.0], r"simclr\.crop_scale\.0"),
+    ("cls_domains", None, None),
+])
+def test_simclr_levers_and_task_domains_are_validated(key, value, match):
+    raw = _params()
+    if key == "cls_domains":
+        raw["grid"]["cls_domains"] = ["xray"]
+        with pytest.raises(ConfigError, match=r"grid\.cls_domains lists 'xray'"):
+            parse_config(raw)
+        return
+    raw["simclr"][key] = value
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_the_recipe_line_names_the_levers_only_when_set():
+    config = parse_config(_params())
+    assert "frozen" not in config.simclr.describe() and "crop scale" not in config.simclr.describe()
+    raw = _params()
+    raw["simclr"].update(crop_scale=[0.5, 1.0], freeze_stages=2, recalibrate_batchnorm=True)
+    line = parse_config(raw).simclr.describe()
+    assert "crop scale [0.5, 1.0], stem + 2 stages frozen, BatchNorm recalibrated" in line

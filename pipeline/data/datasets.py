@@ -29,10 +29,11 @@ class ChannelStandardiser:
 class TwoViewDataset(Dataset):
     """SimCLR pairs: each item is two independent augmentations of one chip, (2, C, S, S)."""
 
-    def __init__(self, chips: ChipSet, indices: np.ndarray, preset: str, image_size: int, seed: int) -> None:
+    def __init__(self, chips: ChipSet, indices: np.ndarray, preset: str, image_size: int, seed: int,
+                 crop_scale: tuple[float, float] | None = None) -> None:
         self.chips = chips
         self.indices = np.asarray(indices)
-        self.transform = TwoViewTransform(preset, image_size, seed)
+        self.transform = TwoViewTransform(preset, image_size, seed, crop_scale)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

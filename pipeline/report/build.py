@@ -47,6 +47,7 @@ class ReportInputs:
     image_size: int  # SimCLR view size, for the augmentation gallery
     projection_dim: int
     provenance: dict[str, str] = field(default_factory=dict)  # params, versions, hardware: from the stage
+    crop_scale: tuple[float, float] | None = None  # simclr.crop_scale, for the gallery (None = the preset's)
     workers: int = 1  # bootstraps side by side (forked processes); results do not depend on it
 
 
@@ -231,14 +232,14 @@ def _exported(summary: dict) -> str:
     return "" if epoch is None or epoch == epochs else f" (the weights of epoch {epoch} of {epochs}, the best by it)"
 
 
-def gallery_rows(chips, preset: DomainPreset, image_size: int, seed: int,
-                 per_gallery: int = GALLERY_CHIPS) -> tuple[list[list[np.ndarray]], list[str]]:
+def gallery_rows(chips, preset: DomainPreset, image_size: int, seed: int, per_gallery: int = GALLERY_CHIPS,
+                 crop_scale: tuple[float, float] | None = None) -> tuple[list[list[np.ndarray]], list[str]]:
     """One training chip per class (up to ``per_gallery``) and its two SimCLR views, display-ready, with the
     column titles; also what ``bench/preset_gallery.py`` draws for a user's folder."""
     train = chips.indices("train")
     picks = [int(train[chips.labels[train] == c][0]) for c in range(len(chips.classes)) if (chips.labels[train] == c).any()]
     picks = (picks or [int(i) for i in train])[:per_gallery]
-    transform = TwoViewTransform(preset.augment, image_size, seed)
+    transform = TwoViewTransform(preset.augment, image_size, seed, crop_scale)
     rows = []
     for index in picks:
         chip = np.asarray(chips.images[index], dtype=np.float32)
@@ -253,7 +254,7 @@ def gallery_rows(chips, preset: DomainPreset, image_size: int, seed: int,
 def _gallery_block(document: Document, inputs: ReportInputs, domain: str, preset: DomainPreset, chips,
                    figure_dir: Path) -> None:
     """A few training chips per class and their two SimCLR views, drawn as the preset says."""
-    rows, titles = gallery_rows(chips, preset, inputs.image_size, inputs.seed)
+    rows, titles = gallery_rows(chips, preset, inputs.image_size, inputs.seed, crop_scale=inputs.crop_scale)
     if not rows:
         return
     document.add(Heading(f"{domain}: augmentations", 3), Figure(

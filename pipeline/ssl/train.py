@@ -137,7 +137,7 @@ def pretrain_simclr(
     ``resume_key`` identifies the params a checkpoint belongs to; only a checkpoint with the same key
     and fewer than ``cfg.epochs`` epochs is resumed.
     """
-    dataset = TwoViewDataset(chips, chips.indices("train"), augment_preset, cfg.image_size, seed)
+    dataset = TwoViewDataset(chips, chips.indices("train"), augment_preset, cfg.image_size, seed, cfg.crop_scale)
     loader, sampler = _make_loader(dataset, cfg.batch_size, seed, num_workers, context)
     steps_per_epoch = len(loader)
     frozen = freeze_early_stages(model.backbone, cfg.freeze_stages)
