@@ -285,7 +285,7 @@ def test_every_file_failing_names_the_common_reasons_and_still_writes_the_report
     assert failed.value.report["files"]["skipped"] == 6 and len(failed.value.report["skipped"]) == 6
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["paths"] = {key: str(tmp_path / key) for key in params["paths"]}
-    params["grid"]["domains"], params["grid"]["seg_domains"], params["grid"]["det_domains"] = ["medical"], [], []
+    params["grid"].update(domains=["medical"], cls_domains=["medical"], seg_domains=[], det_domains=[])
     params["data"] = {"medical": {"preset": "medical_mr", "source": str(mixed_folder),
                                   "dicom": {"modalities": ["PT"]}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -156,7 +156,7 @@ def test_the_ingest_stage_runs_parts_and_merges_them_as_a_job_array_would(tmp_pa
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["paths"] = {key: str(tmp_path / key) for key in params["paths"]}
     params["data"] = {"medical": {"preset": "medical_mr", "source": str(source), "chip_size": 32}}
-    params["grid"]["domains"], params["grid"]["seg_domains"], params["grid"]["det_domains"] = ["medical"], [], []
+    params["grid"].update(domains=["medical"], cls_domains=["medical"], seg_domains=[], det_domains=[])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     def stage(*arguments: str) -> subprocess.CompletedProcess:
