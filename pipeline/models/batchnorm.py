@@ -13,6 +13,7 @@ import copy
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader
 
 from pipeline.data.chips import ChipSet
@@ -23,27 +24,15 @@ from pipeline.runtime import Compute
 def recalibrated_copy(backbone: nn.Module, chips: ChipSet, indices: np.ndarray, compute: Compute = Compute(),
                       image_size: int | None = None, batch_size: int = 256) -> nn.Module:
     """A copy of ``backbone`` whose BatchNorm running statistics are the average over ``indices``' clean chips
-    (resized to ``image_size``, the views' size). The copy is plain BatchNorm even when the original was
-    converted to SyncBatchNorm, so only the calling rank takes part."""
+    (resized to ``image_size``, the views' size), by torch's own ``update_bn`` (``momentum=None``). The copy is
+    plain BatchNorm even when the original was converted to SyncBatchNorm, so only the calling rank takes part."""
     copied = _plain_batchnorm(copy.deepcopy(backbone)).to(compute.device)
-    layers = _batchnorms(copied)
-    if not layers or len(indices) == 0:
-        return copied
-    copied.eval()
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average: every batch counts the same
-        layer.train()
+    if not _batchnorms(copied) or len(indices) == 0:
+        return copied.eval()
     standardise = ChannelStandardiser(chips.mean, chips.std)
-    with torch.no_grad():
-        # its own generator: the loader draws a seed, which must not shift the training run's random stream
-        loader = DataLoader(ChipDataset(chips, indices), batch_size=batch_size, shuffle=False,
-                            generator=torch.Generator())
-        for images, _ in loader:
-            with compute.autocast():
-                copied(standardise(resize_batch(images, image_size)).to(compute.device))
-    for layer, original in zip(layers, _batchnorms(backbone)):
-        layer.momentum = original.momentum
+    # its own generator: the loader draws a seed, which must not shift the training run's random stream
+    loader = DataLoader(ChipDataset(chips, indices), batch_size=batch_size, shuffle=False, generator=torch.Generator())
+    update_bn((standardise(resize_batch(images, image_size)) for images, _ in loader), copied, compute.device)
     return copied.eval()
 
 
