@@ -5,6 +5,8 @@ files), then ingested in a fresh process whose own peak RSS (``resource.getrusag
 size of the cache on disk and what the same chips take as float32 (the cache's format before compaction):
 
   dicom   the CT demo generator at ``--patients`` × ``--slices`` slices of ``--size``² (uncompressed DICOM);
+          ``--copies K`` adds K − 1 re-identified copies of every patient (new names, IDs and UIDs, the anatomy
+          shifted), since rendering a phantom slice takes ~60 ms: 250 × 20 × 10 copies = 50,000 slices;
   scenes  ``--scenes`` Sentinel-2-like 4-band GeoTIFF scenes of ``--scene-size``² (the remote demo generator);
   big     one tiled, compressed uint16 scene of ``--width`` × ``--height`` (bench/ingest_geotiff.py's writer).
 
@@ -55,10 +57,38 @@ def generate(case: str, source: Path, args: argparse.Namespace) -> None:
 
         source.mkdir(parents=True)
         write_scene(source / "big.tif", args.width, args.height, args.bands)
+    if case == "dicom" and args.copies > 1:
+        write_copies(source / "images", args.copies)
     shutil.rmtree(source / "masks", ignore_errors=True)
     for name in ("labels.csv", "classes.json", "boxes.json"):
         (source / name).unlink(missing_ok=True)
     (source / ".complete").touch()
+
+
+def write_copies(images: Path, copies: int) -> None:
+    """``copies − 1`` more patients per patient folder: the same slices re-identified (PatientName, PatientID,
+    AccessionNumber, every UID) and rolled by a per-copy offset, so they neither share a group nor fingerprint
+    as near-duplicates of the original."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    originals = sorted(images.rglob("*.dcm"))
+    for copy in range(1, copies):
+        shift = (17 * copy) % 97 + 5
+        for path in originals:
+            ds = pydicom.dcmread(path)
+            subject = path.relative_to(images).parts[0]
+            ds.PatientName, ds.PatientID = f"COPY{copy}^{ds.PatientName}", f"C{copy}{ds.PatientID}"
+            ds.AccessionNumber = f"C{copy}{ds.AccessionNumber}"
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"):
+                setattr(ds, keyword, generate_uid(entropy_srcs=[str(getattr(ds, keyword)), str(copy)]))
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            pixels = np.frombuffer(ds.PixelData, "<i2").reshape(ds.Rows, ds.Columns)
+            ds.PixelData = np.roll(pixels, (shift, -shift), axis=(0, 1)).tobytes()
+            target = images / f"copy{copy:02d}_{subject}" / path.relative_to(images / subject)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(target, enforce_file_format=True)
 
 
 def peak_rss_mb() -> int:
@@ -175,6 +205,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=250)
     parser.add_argument("--slices", type=int, default=20)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--copies", type=int, default=1, help="dicom: re-identified copies of every patient")
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--scene-size", type=int, default=1024)
     parser.add_argument("--width", type=int, default=36000)
@@ -183,7 +214,7 @@ def main() -> None:
     parser.add_argument("--raw", action="store_true", help="also time the raw decoder on the same files")
     parser.add_argument("--parts", type=int, default=0, help="also run as this many part jobs and a merge")
     args = parser.parse_args()
-    shape = {"dicom": f"{args.patients}x{args.slices}x{args.size}", "scenes": f"{args.scenes}x{args.scene_size}",
+    shape = {"dicom": f"{args.patients}x{args.slices}x{args.size}" + (f"x{args.copies}" if args.copies > 1 else ""), "scenes": f"{args.scenes}x{args.scene_size}",
              "big": f"{args.width}x{args.height}x{args.bands}"}[args.case]
     source = args.work / f"{args.case}-{shape}"
     started = time.perf_counter()

@@ -16,8 +16,8 @@ from pipeline.ingest.dicom_source import normalise_deferred
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.sources import FileChips, constant_chips
-from pipeline.ingest.spill import SpilledArrays, close_spilled, keep_items, spilled_lists
-from pipeline.ingest.value_ranges import ClipCounts, clip_counts, fit_range, to_unit
+from pipeline.ingest.spill import SpilledArrays, close_spilled, iter_items, keep_items, spilled_lists
+from pipeline.ingest.value_ranges import ClipCounts, UnitRange, clip_counts, fit_range, to_unit
 
 
 class IngestError(ValueError):
@@ -50,6 +50,7 @@ class IngestedChips:
     mask_classes: list[str] = field(default_factory=list)
     deferred: list[tuple[str, bool]] = field(default_factory=list)  # per chip: (normalisation group, invert)
     range_group: list[str] = field(default_factory=list)  # per chip: "" or its value-range group (GeoTIFF)
+    unit_range: list[UnitRange | None] = field(default_factory=list)  # per chip: its group's fitted range, once fitted
     clip_counts: ClipCounts = field(default_factory=ClipCounts)  # pixels clipped by a configured value range
     band_plan: dict[str, object] = field(default_factory=dict)  # GeoTIFF: the domain's band set, for the report
     rejected: list[dict[str, str]] = field(default_factory=list)
@@ -93,6 +94,7 @@ class IngestedChips:
         self.masks += result.masks or [None] * len(result.images)
         self.deferred += [(result.deferred_group, result.invert)] * len(result.images)
         self.range_group += [result.range_group] * len(result.images)
+        self.unit_range += [None] * len(result.images)
         self.clip_counts.add(result.clip_counts)
 
     def _count_modality(self, modality: str, outcome: str) -> None:
@@ -125,7 +127,7 @@ class IngestedChips:
 
     def keep_chips(self, keep: list[bool]) -> None:
         """Drop the chips where ``keep`` is False from every per-chip list."""
-        for name in ("images", "valid", "rows", "masks", "deferred", "range_group"):
+        for name in ("images", "valid", "rows", "masks", "deferred", "range_group", "unit_range"):
             setattr(self, name, keep_items(getattr(self, name), keep))
 
     def spill_to(self, folder: Path) -> None:
@@ -139,7 +141,14 @@ class IngestedChips:
         close_spilled(self.images, self.valid, self.masks)
 
     def subset(self, name: str, indexes: list[int]) -> Sequence:
-        """The chips (``name``: images / valid) at ``indexes``, read lazily when they are spilled."""
+        """The chips (``name``: images / valid) at ``indexes``, read lazily when they are spilled; images in a
+        value-range group whose range is fitted come mapped to [0, 1] (:class:`RangeMappedChips`)."""
+        if name == "images" and any(self.unit_range[i] is not None for i in indexes):
+            return RangeMappedChips(self, list(indexes))
+        return self.raw_subset(name, indexes)
+
+    def raw_subset(self, name: str, indexes: list[int]) -> Sequence:
+        """The arrays as read (a value-range group's chips in physical units)."""
         values = getattr(self, name)
         return values.subset(indexes) if isinstance(values, SpilledArrays) else [values[i] for i in indexes]
 
@@ -148,9 +157,11 @@ class IngestedChips:
             any(mask is not None for mask in self.masks)
 
     def map_pending_ranges(self, splits: list[str], cfg: DomainDataConfig) -> tuple[dict, list[str]]:
-        """Fit each range group's per-channel value range on its train-split chips (all its chips when it has no
-        training chip), map every pending chip to [0, 1], then drop the ones that are constant
-        (:func:`constant_chips`). Returns the report's ``value_range`` entry and the splits of the chips kept."""
+        """Fit each range group's per-channel value range on its train-split chips, give every chip of the group
+        that range, and drop the ones that are constant once mapped (:func:`constant_chips`). The chips stay on
+        disk as read and are mapped whenever they are read (:meth:`subset`): rewriting them cost a second write
+        of every chip, which on a VM disk that sustains ~150 MB/s was a third of the ingest. Returns the
+        report's ``value_range`` entry and the splits of the chips kept."""
         percentiles = tuple(cfg.geotiff.range_percentiles)
         text = "-".join(f"p{v:g}" for v in percentiles)
         groups, dropped = {}, set()
@@ -164,14 +175,12 @@ class IngestedChips:
                 groups[group] = {"from": "no chip in the train split: not mapped, its chips left out",
                                  "chips": len(members)}
                 continue
-            low, high = fit_range(self.subset("images", train), self.subset("valid", train), percentiles)
+            low, high = fit_range(self.raw_subset("images", train), self.raw_subset("valid", train), percentiles)
             counts = ClipCounts()
-            for i in members:
-                counts.add(clip_counts(self.images[i], self.valid[i], low, high))
-                self.images[i] = to_unit(self.images[i], self.valid[i], low, high)
-            constant = constant_chips(self.subset("images", members), self.subset("valid", members))
-            for i, flag in zip(members, constant):
-                if flag:
+            for i, raw, mask in zip(members, self.raw_subset("images", members), self.raw_subset("valid", members)):
+                counts.add(clip_counts(raw, mask, low, high))
+                self.unit_range[i] = UnitRange(low, high)
+                if constant_chips([to_unit(raw, mask, low, high)], [mask])[0]:
                     self.files[str(self.rows[i]["source"])].dropped_constant += 1
                     dropped.add(i)
             groups[group] = {"from": f"train split: {text} of valid pixels", "chips": len(members),
@@ -193,6 +202,30 @@ class IngestedChips:
         return [{"path": relative, "chips": outcome.dropped_constant,
                  "reason": f"{relative}: {outcome.dropped_constant} chip(s) constant after {outcome.intensity}"}
                 for relative, outcome in self.files.items() if outcome.dropped_constant]
+
+
+class RangeMappedChips:
+    """Some of the ingested chips, each mapped to [0, 1] by its value-range group's fitted range as it is read
+    (chips without one as they are); iterating reads neighbouring chips together."""
+
+    def __init__(self, found: IngestedChips, indexes: list[int]) -> None:
+        self.found, self.indexes = found, indexes
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        index = self.indexes[position]
+        return self._mapped(self.found.images[index], self.found.valid[index], self.found.unit_range[index])
+
+    def __iter__(self):
+        images, valid = iter_items(self.found.images, self.indexes), iter_items(self.found.valid, self.indexes)
+        for index, image, mask in zip(self.indexes, images, valid):
+            yield self._mapped(image, mask, self.found.unit_range[index])
+
+    @staticmethod
+    def _mapped(image: np.ndarray, mask: np.ndarray, unit: UnitRange | None) -> np.ndarray:
+        return image if unit is None else to_unit(image, mask, unit.low, unit.high)
 
 
 def _no_chip_reason(outcome: FileOutcome) -> str:

@@ -35,7 +35,7 @@ from scipy.sparse.csgraph import connected_components
 THUMBNAIL = 32
 BAND_PASS_SIGMA = 2.0  # thumbnail pixels
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
-_ROWS_PER_BLOCK = 2048  # bounds the similarity block in memory: 2048 × N float32
+BLOCK_VALUES = 2**24  # the similarity block is at most this many float32 (64 MB), whatever the number of chips
 
 
 def fingerprint(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -71,7 +71,10 @@ def find_near_duplicates(prints: np.ndarray, splits: Sequence[str], labels: Sequ
                          threshold: float) -> NearDuplicates:
     """For each split pair (a, b) of :data:`PAIRS`: how many chips of b have a near-duplicate in a, and how many
     of those have one with their own (non-empty) label."""
-    splits, labels = np.asarray(splits), np.asarray([str(label) for label in labels])
+    splits = np.asarray(splits)
+    names = np.asarray([str(label) for label in labels])
+    labels = np.unique(names, return_inverse=True)[1].reshape(-1)  # integer codes: cheaper to compare
+    labels[names == ""] = -1
     counts: dict[str, dict[str, int]] = {}
     in_train = np.zeros(len(splits), bool)
     for first, second in PAIRS:
@@ -86,28 +89,36 @@ def find_near_duplicates(prints: np.ndarray, splits: Sequence[str], labels: Sequ
 
 def _matches(prints: np.ndarray, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
              threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per chip of ``b``: whether some chip of ``a`` is a near-duplicate, and whether one of those shares its label."""
+    """Per chip of ``b``: whether some chip of ``a`` is a near-duplicate, and whether one of those shares its
+    label (``labels``: integer codes, −1 = unlabelled; compared only for the chips that have a near-duplicate)."""
     found, same = np.zeros(len(b), bool), np.zeros(len(b), bool)
     if len(a) == 0 or len(b) == 0:
         return found, same
-    reference = prints[a]
-    for start in range(0, len(b), _ROWS_PER_BLOCK):
-        rows = b[start:start + _ROWS_PER_BLOCK]
+    reference, reference_labels = prints[a], labels[a]
+    step = _rows_per_block(len(a))
+    for start in range(0, len(b), step):
+        rows = b[start:start + step]
         close = prints[rows] @ reference.T >= threshold  # (rows, |a|)
-        found[start:start + len(rows)] = close.any(axis=1)
-        labelled = labels[rows] != ""
-        same[start:start + len(rows)] = labelled & (close & (labels[rows][:, None] == labels[a][None, :])).any(axis=1)
+        hits = close.any(axis=1)
+        found[start:start + len(rows)] = hits
+        for row in np.flatnonzero(hits & (labels[rows] >= 0)):
+            same[start + row] = bool((close[row] & (reference_labels == labels[rows[row]])).any())
     return found, same
+
+
+def _rows_per_block(columns: int) -> int:
+    return max(1, BLOCK_VALUES // max(columns, 1))
 
 
 def near_duplicate_sets(prints: np.ndarray, threshold: float) -> np.ndarray:
     """(N,) int: the smallest chip index of each chip's near-duplicate set (pairs at or above ``threshold``,
     joined transitively); a chip without a near-duplicate gets its own index. All pairs are compared, in blocks
-    of :data:`_ROWS_PER_BLOCK` rows: O(N²) products of 1,024 numbers."""
+    of at most :data:`BLOCK_VALUES` similarities: O(N²) products of 1,024 numbers."""
     n = len(prints)
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for start in range(0, n, _ROWS_PER_BLOCK):
-        rows, cols = np.nonzero(prints[start:start + _ROWS_PER_BLOCK] @ prints.T >= threshold)
+    step = _rows_per_block(n)
+    for start in range(0, n, step):
+        rows, cols = np.nonzero(prints[start:start + step] @ prints.T >= threshold)
         rows = rows + start
         firsts.append(rows[cols > rows])
         seconds.append(cols[cols > rows])

@@ -139,7 +139,7 @@ def _chained(parts: list[IngestedChips], overlay: Path) -> IngestedChips:
             raise IngestError(f"part {index}/{len(parts)}: channels {part.channel_names} differ from the earlier "
                               f"parts' {merged.channel_names}; ingest such a folder in one part")
         merged.channel_names = merged.channel_names or part.channel_names
-        for name in ("rows", "deferred", "range_group", "rejected", "skipped", "labels"):
+        for name in ("rows", "deferred", "range_group", "unit_range", "rejected", "skipped", "labels"):
             getattr(merged, name).extend(getattr(part, name))
         merged.files.update(part.files)
         merged.identifiers |= part.identifiers

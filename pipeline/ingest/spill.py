@@ -23,6 +23,7 @@ from pipeline.data.chips import MASK_IGNORE
 
 
 LARGE_FILE_BYTES = 256 * 2**20  # a file whose float32 chips would take more goes to the spill as it is read
+READ_BLOCK_BYTES = 8 * 2**20  # a pass over the chips reads runs of neighbouring items up to this size at once
 
 
 class SpilledArrays:
@@ -50,8 +51,34 @@ class SpilledArrays:
         return self
 
     def __iter__(self) -> Iterator[np.ndarray | None]:
-        for index in range(len(self)):
-            yield self[index]
+        return self.iter_items(range(len(self)))
+
+    def iter_items(self, indexes: Iterable[int]) -> Iterator[np.ndarray | None]:
+        """The items at ``indexes``, in that order, each run of items that lie one after another on disk read
+        with one ``pread`` of up to :data:`READ_BLOCK_BYTES` (one read per 64 KB chip cost a pass over 61,000
+        chips ~4 s of system calls). An item is a view into its run's buffer: copy what must outlive the pass."""
+        indexes = list(indexes)
+        if self.shape is None:
+            yield from (None for _ in indexes)
+            return
+        size, position = self._item_bytes, 0
+        longest = max(1, READ_BLOCK_BYTES // max(size, 1))
+        while position < len(indexes):
+            physical = self.order[indexes[position]]
+            if not self.present[physical]:
+                yield None
+                position += 1
+                continue
+            fd, offset = self._locate(physical)
+            run = 1
+            while run < longest and position + run < len(indexes):
+                following = self.order[indexes[position + run]]
+                if not self.present[following] or self._locate(following) != (fd, offset + run * size):
+                    break
+                run += 1
+            block = np.frombuffer(bytearray(os.pread(fd, run * size, offset)), dtype=self.dtype)
+            yield from block.reshape(run, *self.shape)
+            position += run
 
     def __getitem__(self, index: int) -> np.ndarray | None:
         physical = self.order[index]
@@ -224,8 +251,14 @@ class LazySubset:
         return self.items[self.indexes[position]]
 
     def __iter__(self) -> Iterator[np.ndarray | None]:
-        for index in self.indexes:
-            yield self.items[index]
+        return self.items.iter_items(self.indexes)
+
+
+def iter_items(values: Sequence | SpilledArrays, indexes: Iterable[int]) -> Iterator:
+    """``values[i]`` for each of ``indexes``: a spilled list reads neighbouring items together."""
+    if isinstance(values, SpilledArrays):
+        return values.iter_items(indexes)
+    return (values[index] for index in indexes)
 
 
 def write_npy(path: Path, items: Iterable[np.ndarray], count: int, shape: tuple[int, ...], dtype: np.dtype | type,

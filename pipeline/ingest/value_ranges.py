@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,13 @@ class ClipCounts:
         total = np.maximum(self.total, 1)
         return {name: {"low": round(float(b / t), 6), "high": round(float(a / t), 6)}
                 for name, b, a, t in zip(names, self.below, self.above, total)}
+
+
+class UnitRange(NamedTuple):
+    """One value-range group's fitted (low, high) per channel."""
+
+    low: np.ndarray
+    high: np.ndarray
 
 
 def configured_range(value_range: Sequence | None, channels: int, key: str,

@@ -46,6 +46,29 @@ def test_counts_per_split_pair_and_same_label():
     assert near.in_train.tolist() == [False, False, False, True, True, True]
 
 
+def test_block_by_block_matches_equal_the_whole_similarity_matrix(monkeypatch):
+    """Blocks of a few rows (as a large archive gets) and label codes give the naive full-matrix answer."""
+    import pipeline.ingest.near_duplicates as near_duplicates
+
+    rng = np.random.default_rng(1)
+    prints = rng.normal(size=(300, 64)).astype(np.float32)
+    copies = rng.choice(300, size=(60, 2), replace=False)
+    prints[copies[:, 1]] = prints[copies[:, 0]] + rng.normal(scale=0.05, size=(60, 64)).astype(np.float32)
+    prints /= np.linalg.norm(prints, axis=1, keepdims=True)
+    splits = rng.choice(["train", "val", "test"], size=300, p=[0.6, 0.2, 0.2])
+    labels = rng.choice(["", "a", "b"], size=300)
+    monkeypatch.setattr(near_duplicates, "BLOCK_VALUES", 700)  # a few rows per block
+    near = find_near_duplicates(prints, splits.tolist(), labels.tolist(), 0.95)
+    close = prints @ prints.T >= 0.95
+    for first, second in near_duplicates.PAIRS:
+        a, b = splits == first, splits == second
+        hit = close[b][:, a].any(axis=1)
+        same = ((close & (labels[:, None] == labels[None, :]))[b][:, a].any(axis=1)) & (labels[b] != "")
+        assert near.counts[f"{first}-{second}"] == {"chips": int(hit.sum()), "same_label": int(same.sum()),
+                                                     f"of_{second}": int(b.sum())}
+    assert near.counts["train-test"]["same_label"] > 0 and near.in_train.sum() > 0
+
+
 def test_ingest_reports_copies_under_other_names_and_drop_removes_them_from_val_and_test(tmp_path):
     rng = np.random.default_rng(1)
     source = tmp_path / "src"
