@@ -194,6 +194,12 @@ def write_manifest(path: Path, rows: list[dict[str, object]]) -> None:
             writer.writerow({key: row.get(key, "") for key in MANIFEST_FIELDS})
 
 
+def valid_pixels(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(C, p): each channel's valid pixels in row-major order; a view, not a copy, when every pixel is valid."""
+    image, mask = np.asarray(image), np.asarray(mask)
+    return image.reshape(image.shape[0], -1) if mask.all() else image[:, mask]
+
+
 def channel_statistics(images: Iterable[np.ndarray], valid: Iterable[np.ndarray],
                        max_pixels: int = 2_000_000) -> tuple[list, list]:
     """Robust per-channel mean/std over valid pixels: values clipped to their 2–98 percentiles first.
@@ -209,7 +215,7 @@ def channel_statistics(images: Iterable[np.ndarray], valid: Iterable[np.ndarray]
     step = total // max_pixels + 1 if total > max_pixels else 1
     sampled, seen = [], 0
     for image, mask in zip(images, valid):
-        pixels = np.asarray(image)[:, np.asarray(mask)]  # (C, p) in row-major order
+        pixels = valid_pixels(image, mask)  # (C, p) in row-major order
         sampled.append(pixels[:, (-seen) % step::step].copy())  # a view would keep all of `pixels` alive
         seen += pixels.shape[1]
     per_channel = np.concatenate(sampled, axis=1)

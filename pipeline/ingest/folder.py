@@ -244,7 +244,12 @@ def _near_duplicate_links(found: IngestedChips, duplicates: DuplicatePolicy) -> 
     them: the fingerprint ignores brightness and contrast), so the split can keep each set together."""
     if duplicates.mode != "group":
         return None
-    return near_duplicate_sets(fingerprints(found.images, found.valid), duplicates.similarity)
+    store = found.scratch("fingerprints", np.float32)
+    try:
+        return near_duplicate_sets(fingerprints(found.images, found.valid, store), duplicates.similarity)
+    finally:
+        if store is not None:
+            store.close()
 
 
 def _grouped_summary(links: np.ndarray) -> dict[str, int]:
@@ -258,9 +263,14 @@ def _near_duplicates(found: IngestedChips, keep: list[int], rows: list[dict],
     that have one in train; chip ids are renumbered so they stay positions in the cache."""
     if duplicates.mode == "off":
         return keep, rows, {}
-    prints = fingerprints(found.subset("images", keep), found.subset("valid", keep))
-    near = find_near_duplicates(prints, [row["split"] for row in rows], [str(row["label"]) for row in rows],
-                                duplicates.similarity)
+    store = found.scratch("fingerprints", np.float32)
+    try:
+        prints = fingerprints(found.subset("images", keep), found.subset("valid", keep), store)
+        near = find_near_duplicates(prints, [row["split"] for row in rows], [str(row["label"]) for row in rows],
+                                    duplicates.similarity)
+    finally:
+        if store is not None:
+            store.close()
     dropped = int(near.in_train.sum()) if duplicates.mode == "drop" else 0
     if duplicates.mode == "group" and found.user_splits:
         return keep, rows, {**near.report(duplicates.similarity, 0),

@@ -136,6 +136,13 @@ class IngestedChips:
         chips there too (``FileTask.spill_dir``)."""
         vars(self).update(spilled_lists(folder))
 
+    def scratch(self, name: str, dtype: np.dtype | type) -> SpilledArrays | None:
+        """An empty spilled list beside the spilled chips (e.g. their fingerprints), or None when the chips are
+        held in memory; the caller closes it."""
+        if not isinstance(self.images, SpilledArrays):
+            return None
+        return SpilledArrays(self.images.path.parent / f"{name}.bin", dtype)
+
     def close(self) -> None:
         """Delete the spilled files and their folder (with any a reader left there), if any."""
         close_spilled(self.images, self.valid, self.masks)

@@ -24,7 +24,7 @@ split to draw: ``group`` then reports only, and says so).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -32,10 +32,12 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.ingest.spill import SpilledArrays
+
 THUMBNAIL = 32
 BAND_PASS_SIGMA = 2.0  # thumbnail pixels
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
-BLOCK_VALUES = 2**24  # the similarity block is at most this many float32 (64 MB), whatever the number of chips
+BLOCK_VALUES = 2**24  # a similarity block holds at most this many float32 (64 MB), whatever the number of chips
 
 
 def fingerprint(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -49,10 +51,31 @@ def fingerprint(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (thumb / norm if norm > 1e-9 else np.zeros_like(thumb)).astype(np.float32)
 
 
-def fingerprints(images: Iterable[np.ndarray], valid: Iterable[np.ndarray]) -> np.ndarray:
-    """(N, THUMBNAIL²) fingerprints of chips read one at a time."""
+def fingerprints(images: Iterable[np.ndarray], valid: Iterable[np.ndarray],
+                 store: SpilledArrays | None = None) -> np.ndarray | SpilledArrays:
+    """(N, THUMBNAIL²) fingerprints of chips read one at a time; with ``store`` (an empty spilled list) they go
+    to its file instead of memory (4 KB a chip: 1.2 GB for an archive of 300,000 chips)."""
+    if store is not None:
+        for image, mask in zip(images, valid):
+            store.append(fingerprint(image, mask))
+        return store
     rows = [fingerprint(image, mask) for image, mask in zip(images, valid)]
     return np.stack(rows) if rows else np.zeros((0, THUMBNAIL * THUMBNAIL), np.float32)
+
+
+def _blocks(prints: np.ndarray | SpilledArrays, indexes: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(offset, float32 fingerprints) of ``indexes`` in runs of :func:`_block_rows`, read as they are needed."""
+    step = _block_rows()
+    for start in range(0, len(indexes), step):
+        chunk = indexes[start:start + step]
+        block = np.stack(list(prints.iter_items(chunk.tolist()))) if isinstance(prints, SpilledArrays) \
+            else prints[chunk]
+        yield start, np.asarray(block, np.float32)
+
+
+def _block_rows() -> int:
+    """Rows (and columns) of one similarity block: at most :data:`BLOCK_VALUES` similarities in memory."""
+    return max(1, int(BLOCK_VALUES ** 0.5))
 
 
 @dataclass
@@ -87,41 +110,39 @@ def find_near_duplicates(prints: np.ndarray, splits: Sequence[str], labels: Sequ
     return NearDuplicates(counts, in_train)
 
 
-def _matches(prints: np.ndarray, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
+def _matches(prints: np.ndarray | SpilledArrays, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
              threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Per chip of ``b``: whether some chip of ``a`` is a near-duplicate, and whether one of those shares its
-    label (``labels``: integer codes, −1 = unlabelled; compared only for the chips that have a near-duplicate)."""
+    label (``labels``: integer codes, −1 = unlabelled; compared only for the chips that have a near-duplicate).
+    Compared block against block, so memory holds two blocks whatever the number of chips."""
     found, same = np.zeros(len(b), bool), np.zeros(len(b), bool)
     if len(a) == 0 or len(b) == 0:
         return found, same
-    reference, reference_labels = prints[a], labels[a]
-    step = _rows_per_block(len(a))
-    for start in range(0, len(b), step):
-        rows = b[start:start + step]
-        close = prints[rows] @ reference.T >= threshold  # (rows, |a|)
-        hits = close.any(axis=1)
-        found[start:start + len(rows)] = hits
-        for row in np.flatnonzero(hits & (labels[rows] >= 0)):
-            same[start + row] = bool((close[row] & (reference_labels == labels[rows[row]])).any())
+    for row_start, rows in _blocks(prints, b):
+        row_labels = labels[b[row_start:row_start + len(rows)]]
+        for column_start, columns in _blocks(prints, a):
+            close = rows @ columns.T >= threshold  # (rows, columns)
+            hits = close.any(axis=1)
+            found[row_start:row_start + len(rows)] |= hits
+            column_labels = labels[a[column_start:column_start + len(columns)]]
+            for row in np.flatnonzero(hits & (row_labels >= 0)):
+                same[row_start + row] |= bool((close[row] & (column_labels == row_labels[row])).any())
     return found, same
 
 
-def _rows_per_block(columns: int) -> int:
-    return max(1, BLOCK_VALUES // max(columns, 1))
-
-
-def near_duplicate_sets(prints: np.ndarray, threshold: float) -> np.ndarray:
+def near_duplicate_sets(prints: np.ndarray | SpilledArrays, threshold: float) -> np.ndarray:
     """(N,) int: the smallest chip index of each chip's near-duplicate set (pairs at or above ``threshold``,
     joined transitively); a chip without a near-duplicate gets its own index. All pairs are compared, in blocks
-    of at most :data:`BLOCK_VALUES` similarities: O(N²) products of 1,024 numbers."""
+    of at most :data:`BLOCK_VALUES` similarities: O(N²) products of 1,024 numbers, O(block) memory."""
     n = len(prints)
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    step = _rows_per_block(n)
-    for start in range(0, n, step):
-        rows, cols = np.nonzero(prints[start:start + step] @ prints.T >= threshold)
-        rows = rows + start
-        firsts.append(rows[cols > rows])
-        seconds.append(cols[cols > rows])
+    everything = np.arange(n)
+    for row_start, rows in _blocks(prints, everything):
+        for column_start, columns in _blocks(prints, everything[row_start:]):
+            pair_rows, pair_columns = np.nonzero(rows @ columns.T >= threshold)
+            pair_rows, pair_columns = pair_rows + row_start, pair_columns + row_start + column_start
+            firsts.append(pair_rows[pair_columns > pair_rows])
+            seconds.append(pair_columns[pair_columns > pair_rows])
     first, second = np.concatenate(firsts), np.concatenate(seconds)
     _, component = connected_components(coo_matrix((np.ones(len(first)), (first, second)), shape=(n, n)),
                                          directed=False)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.data.chips import valid_pixels
 from pipeline.io import UnreadableImageError
 from pipeline.io.geotiff_reads import zero_invalid
 
@@ -130,7 +131,7 @@ def fit_range(images: Sequence[np.ndarray], valid: Sequence[np.ndarray],
         raise ValueError("no valid training pixels to fit the value range from")
     step = total // MAX_FIT_PIXELS + 1  # the same regular subsample of every chip: memory bounded as it is taken
     # .copy(): a strided view would keep each chip's whole (C, p) pixel copy alive until the concatenation
-    per_channel = np.concatenate([np.asarray(image)[:, np.asarray(mask)][:, ::step].copy()
+    per_channel = np.concatenate([valid_pixels(image, mask)[:, ::step].copy()
                                   for image, mask in zip(images, valid)], axis=1)
     low, high = np.percentile(per_channel.astype(np.float64), percentiles, axis=1)
     return low, np.where(high > low, high, low + 1.0)
