@@ -57,6 +57,39 @@ def test_one_worker_reads_in_the_main_process_only():
     assert {r.rows[0]["process"] for r in read_in_order(slow_reader, ["a", "b", "c"], workers=1)} == {os.getpid()}
 
 
+def test_the_kernel_is_asked_for_the_next_files_up_to_the_read_ahead_budget(tmp_path, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    import pipeline.ingest.file_pool as file_pool
+
+    paths = []
+    for index in range(30):
+        paths.append(tmp_path / f"f{index:02d}")
+        paths[-1].write_bytes(b"x" * 100)
+    asked: list[tuple[int, int]] = []  # (file being handed out, file asked for)
+    current = [-1]
+    lock = threading.Lock()
+
+    def record(path):
+        with lock:
+            asked.append((current[0], int(path.name[1:])))
+
+    real_will_need = file_pool.will_need
+    monkeypatch.setattr(file_pool, "READ_AHEAD_BYTES", 250)  # the two files after the current one
+    monkeypatch.setattr(file_pool, "will_need", record)
+    for index, task in enumerate(file_pool._read_ahead([SimpleNamespace(path=path) for path in paths])):
+        with lock:
+            current[0] = index
+        time.sleep(0.002)  # decoding
+    assert sorted(k for _, k in asked) == [k for _, k in asked]  # in file order, each once
+    # never more than the budget (two files) ahead of the file handed out; one more while the hand-over is recorded
+    assert all(k <= max(handed, 0) + 3 for handed, k in asked)
+    assert [k for _, k in asked] == list(range(30))
+    real_will_need(paths[0])  # the real call: no error for a file, none for a missing one either
+    real_will_need(tmp_path / "missing")
+
+
 def test_write_stacked_reads_back_as_numpy_saved_it(tmp_path):
     arrays = [np.arange(12, dtype=np.float32).reshape(3, 4) + i for i in range(5)]
     write_stacked(tmp_path / "mine.npy", arrays)
