@@ -16,7 +16,7 @@ from pipeline.ingest.dicom_source import normalise_deferred
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.sources import FileChips, constant_chips
-from pipeline.ingest.spill import SpilledArrays, close_spilled, iter_items, keep_items, spilled_lists
+from pipeline.ingest.spill import SpilledArrays, close_spilled, extend, iter_items, keep_items, spilled_lists
 from pipeline.ingest.value_ranges import ClipCounts, UnitRange, clip_counts, fit_range, to_unit
 
 
@@ -88,13 +88,14 @@ class IngestedChips:
             intensity=result.intensity, modality=result.modality, group_by=result.group_by,
             dropped_low_valid=result.dropped_low_valid, dropped_constant=result.dropped_constant,
             no_chip_reason=result.no_chip_reason)
-        self.images += result.images
-        self.valid += result.valid
+        count = len(result.images)
+        extend(self.images, result.images)
+        extend(self.valid, result.valid)
         self.rows += result.rows
-        self.masks += result.masks or [None] * len(result.images)
-        self.deferred += [(result.deferred_group, result.invert)] * len(result.images)
-        self.range_group += [result.range_group] * len(result.images)
-        self.unit_range += [None] * len(result.images)
+        extend(self.masks, result.masks or [None] * count)
+        self.deferred += [(result.deferred_group, result.invert)] * count
+        self.range_group += [result.range_group] * count
+        self.unit_range += [None] * count
         self.clip_counts.add(result.clip_counts)
 
     def _count_modality(self, modality: str, outcome: str) -> None:

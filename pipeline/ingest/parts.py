@@ -33,7 +33,7 @@ from pipeline.ingest.source_kinds import SOURCE_KINDS
 from pipeline.ingest.spill import ChainedArrays, reopen
 from pipeline.presets import DomainPreset
 
-FORMAT = 1
+FORMAT = 2  # 2: per-chip fitted value ranges (`unit_range`) in found.pkl; a merge refuses parts of another format
 SPILLED = ("images", "valid", "masks")
 _PART_FOLDER = re.compile(r"^part-(\d+)-of-(\d+)$")
 

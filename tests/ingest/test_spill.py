@@ -64,6 +64,57 @@ def test_chained_parts_read_as_one_list_and_assignments_leave_the_parts_as_writt
     assert not (tmp_path / "overlay.bin").exists()
 
 
+def test_an_adopted_list_is_read_in_place_not_copied(tmp_path):
+    """A reader's spilled scene joins ingest's list by a rename: same items, no second write of its bytes."""
+    reference = _chips(12, seed=3)
+    main = SpilledArrays(tmp_path / "images.bin", np.float32)
+    main += reference[:2]
+    scene_dir = tmp_path / "files" / "scene"
+    scene_dir.mkdir(parents=True)
+    scene = SpilledArrays(scene_dir / "images.bin", np.float32)
+    scene += reference[2:8]
+    scene.keep([i != 4 for i in range(2, 8)])  # the reader dropped a constant chip
+    inode = (scene_dir / "images.bin").stat().st_ino
+    main.adopt(scene)
+    main += reference[8:10]  # later files go on after it
+    empty = SpilledArrays(tmp_path / "empty.bin", np.float32)
+    main.adopt(empty)  # nothing to adopt: nothing changes
+    empty.close()
+    main.append(reference[10])
+    expected = [chip for i, chip in enumerate(reference[:11]) if i != 4]
+    assert len(main) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(main, expected))  # block reads across the files
+    assert all(np.array_equal(main[i], expected[i]) for i in range(len(expected)))
+    assert (tmp_path / "images.1.bin").stat().st_ino == inode and not (scene_dir / "images.bin").exists()
+    assert (tmp_path / "images.bin").stat().st_size == 5 * expected[0].nbytes  # only its own items
+    assert len(scene) == 0
+    main[3] = expected[3] * 0 + 0.75  # an assignment lands in the adopted file
+    expected[3] = expected[3] * 0 + 0.75
+    main.keep([i != 0 for i in range(len(expected))])
+    layout = main.layout()
+    main.detach()
+    again = reopen(tmp_path, layout)  # an ingest part's list, reopened by the merge
+    assert all(np.array_equal(a, b) for a, b in zip(again, expected[1:]))
+    chained = ChainedArrays([again], tmp_path / "overlay.bin")
+    assert all(np.array_equal(chained[i], expected[1 + i]) for i in range(len(chained)))
+    chained.close()
+    again.close()
+    assert not list(tmp_path.glob("images*.bin"))
+
+
+def test_block_reads_stop_at_gaps_and_missing_items(tmp_path, monkeypatch):
+    import pipeline.ingest.spill as spill
+
+    monkeypatch.setattr(spill, "READ_BLOCK_BYTES", 3 * 2 * 4 * 4 * 4)  # runs of at most three chips
+    masks = SpilledArrays(tmp_path / "masks.bin", np.uint8, fill=255)
+    items = [None if i % 4 == 1 else np.full((4, 4), i, np.uint8) for i in range(13)]
+    masks += items
+    order = [12, 0, 2, 3, 4, 5, 1, 7, 8, 9, 10, 6]
+    got = list(masks.iter_items(order))
+    assert [None if g is None else int(g[0, 0]) for g in got] == \
+        [None if items[i] is None else i for i in order]
+
+
 def test_missing_masks_read_back_as_none_and_are_stored_as_ignore(tmp_path):
     masks = SpilledArrays(tmp_path / "masks.bin", np.uint8, fill=255)
     masks += [None, None]
