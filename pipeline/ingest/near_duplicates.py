@@ -38,6 +38,8 @@ THUMBNAIL = 32
 BAND_PASS_SIGMA = 2.0  # thumbnail pixels
 PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 BLOCK_VALUES = 2**24  # a similarity block holds at most this many float32 (64 MB), whatever the number of chips
+SCREEN_DIMS = 128  # principal directions in which pairs are screened before the exact 1,024-number product
+SCREEN_SLACK = 1e-3  # on the squared distance: the screen's float32 rounding never drops a true pair
 
 
 def fingerprint(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -78,6 +80,45 @@ def _block_rows() -> int:
     return max(1, int(BLOCK_VALUES ** 0.5))
 
 
+class PairScreen:
+    """Near-duplicate pairs of two blocks of fingerprints, the exact product computed only for pairs that pass a
+    screen in :data:`SCREEN_DIMS` dimensions (8× fewer multiplications: the all-pairs product is O(N²), 44 s of
+    a 157,000-chip ingest).
+
+    Why it loses nothing: for unit fingerprints x·y ≥ t exactly when ‖x − y‖² ≤ 2 − 2t, and projecting onto
+    orthonormal directions never lengthens x − y, so a pair whose projections are farther apart cannot be a
+    near-duplicate. The directions are the fingerprints' principal components (of a regular sample), which keep
+    most of the distance between unrelated chips: of 75 million pairs of scene chips, 23 passed. Flat chips
+    (all-zero fingerprints) match nothing, as before. A block where the screen passes many pairs is
+    computed in full."""
+
+    def __init__(self, prints: np.ndarray | SpilledArrays, threshold: float) -> None:
+        self.threshold = threshold
+        n = len(prints)
+        sample = np.unique(np.linspace(0, max(n - 1, 0), min(n, _block_rows())).astype(np.int64))
+        block = next(_blocks(prints, sample), (0, np.zeros((0, THUMBNAIL * THUMBNAIL), np.float32)))[1]
+        dims = block.shape[1]
+        self.basis = None
+        if dims > SCREEN_DIMS and len(block) > 1:
+            _, vectors = np.linalg.eigh(np.cov(block.astype(np.float64), rowvar=False))
+            self.basis = np.ascontiguousarray(vectors[:, ::-1][:, :SCREEN_DIMS], np.float32)
+
+    def pairs(self, rows: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, column) positions of the pairs of ``rows`` × ``columns`` with a product ≥ the threshold."""
+        if self.basis is None:
+            return np.nonzero(rows @ columns.T >= self.threshold)
+        projected_rows, projected_columns = rows @ self.basis, columns @ self.basis
+        # x·y − |x|²/2 − |y|²/2 = −‖x − y‖²/2, as one product of augmented vectors
+        ones_rows, ones_columns = np.ones((len(rows), 1), np.float32), np.ones((len(columns), 1), np.float32)
+        left = np.hstack([projected_rows, -0.5 * (projected_rows ** 2).sum(1, keepdims=True), ones_rows])
+        right = np.hstack([projected_columns, ones_columns, -0.5 * (projected_columns ** 2).sum(1, keepdims=True)])
+        r, c = np.nonzero(left @ right.T >= -(1.0 - self.threshold) - SCREEN_SLACK / 2)
+        if len(r) > rows.shape[0] * columns.shape[0] // 16:  # the screen hardly screens here
+            return np.nonzero(rows @ columns.T >= self.threshold)
+        exact = np.einsum("ij,ij->i", rows[r], columns[c]) >= self.threshold
+        return r[exact], c[exact]
+
+
 @dataclass
 class NearDuplicates:
     """Counts per split pair for the report, and which val / test chips have a near-duplicate in train (``drop``)."""
@@ -113,20 +154,20 @@ def find_near_duplicates(prints: np.ndarray, splits: Sequence[str], labels: Sequ
 def _matches(prints: np.ndarray | SpilledArrays, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
              threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Per chip of ``b``: whether some chip of ``a`` is a near-duplicate, and whether one of those shares its
-    label (``labels``: integer codes, −1 = unlabelled; compared only for the chips that have a near-duplicate).
-    Compared block against block, so memory holds two blocks whatever the number of chips."""
+    label (``labels``: integer codes, −1 = unlabelled). Compared block against block, so memory holds two
+    blocks whatever the number of chips."""
     found, same = np.zeros(len(b), bool), np.zeros(len(b), bool)
     if len(a) == 0 or len(b) == 0:
         return found, same
+    screen = PairScreen(prints, threshold)
     for row_start, rows in _blocks(prints, b):
         row_labels = labels[b[row_start:row_start + len(rows)]]
         for column_start, columns in _blocks(prints, a):
-            close = rows @ columns.T >= threshold  # (rows, columns)
-            hits = close.any(axis=1)
-            found[row_start:row_start + len(rows)] |= hits
-            column_labels = labels[a[column_start:column_start + len(columns)]]
-            for row in np.flatnonzero(hits & (row_labels >= 0)):
-                same[row_start + row] |= bool((close[row] & (column_labels == row_labels[row])).any())
+            pair_rows, pair_columns = screen.pairs(rows, columns)
+            found[row_start + pair_rows] = True
+            column_labels = labels[a[column_start + pair_columns]]
+            shared = (row_labels[pair_rows] >= 0) & (column_labels == row_labels[pair_rows])
+            same[row_start + pair_rows[shared]] = True
     return found, same
 
 
@@ -137,9 +178,10 @@ def near_duplicate_sets(prints: np.ndarray | SpilledArrays, threshold: float) ->
     n = len(prints)
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     everything = np.arange(n)
+    screen = PairScreen(prints, threshold)
     for row_start, rows in _blocks(prints, everything):
         for column_start, columns in _blocks(prints, everything[row_start:]):
-            pair_rows, pair_columns = np.nonzero(rows @ columns.T >= threshold)
+            pair_rows, pair_columns = screen.pairs(rows, columns)
             pair_rows, pair_columns = pair_rows + row_start, pair_columns + row_start + column_start
             firsts.append(pair_rows[pair_columns > pair_rows])
             seconds.append(pair_columns[pair_columns > pair_rows])

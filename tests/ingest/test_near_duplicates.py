@@ -12,7 +12,7 @@ import pytest
 from pipeline.config_data import DomainDataConfig
 from pipeline.data.chips import load_chipset
 from pipeline.ingest.folder import DuplicatePolicy, ingest_folder
-from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprint
+from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprint, near_duplicate_sets
 from pipeline.presets import PRESETS
 from pipeline.report.build import near_duplicate_line
 
@@ -46,9 +46,12 @@ def test_counts_per_split_pair_and_same_label():
     assert near.in_train.tolist() == [False, False, False, True, True, True]
 
 
-def test_block_by_block_matches_equal_the_whole_similarity_matrix(monkeypatch):
-    """Blocks of a few rows (as a large archive gets) and label codes give the naive full-matrix answer."""
+@pytest.mark.parametrize("screen_dims", [32, 1024])  # screened in 32 principal directions of 64; not screened
+def test_block_by_block_matches_equal_the_whole_similarity_matrix(monkeypatch, screen_dims):
+    """Blocks of a few rows (as a large archive gets), the low-dimensional screen and label codes give the
+    naive full-matrix answer, pair sets included."""
     import pipeline.ingest.near_duplicates as near_duplicates
+    from scipy.sparse.csgraph import connected_components
 
     rng = np.random.default_rng(1)
     prints = rng.normal(size=(300, 64)).astype(np.float32)
@@ -58,8 +61,18 @@ def test_block_by_block_matches_equal_the_whole_similarity_matrix(monkeypatch):
     splits = rng.choice(["train", "val", "test"], size=300, p=[0.6, 0.2, 0.2])
     labels = rng.choice(["", "a", "b"], size=300)
     monkeypatch.setattr(near_duplicates, "BLOCK_VALUES", 700)  # a few rows per block
+    monkeypatch.setattr(near_duplicates, "SCREEN_DIMS", screen_dims)
     near = find_near_duplicates(prints, splits.tolist(), labels.tolist(), 0.95)
     close = prints @ prints.T >= 0.95
+    _, component = connected_components(close, directed=False)
+    smallest = {c: int(np.flatnonzero(component == c).min()) for c in set(component)}
+    assert near_duplicate_sets(prints, 0.95).tolist() == [smallest[c] for c in component]
+    screen = near_duplicates.PairScreen(prints, 0.95)
+    assert (screen.basis is not None) == (screen_dims < 64)
+    if screen.basis is not None:  # the screen passes few pairs, so its exact path is the one taken
+        left = prints @ screen.basis
+        distance = ((left[:, None, :] - left[None, :, :]) ** 2).sum(-1)
+        assert (distance <= 0.1 + 1e-3).sum() < prints.shape[0] ** 2 / 16
     for first, second in near_duplicates.PAIRS:
         a, b = splits == first, splits == second
         hit = close[b][:, a].any(axis=1)
