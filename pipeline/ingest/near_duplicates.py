@@ -40,6 +40,8 @@ PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
 BLOCK_VALUES = 2**24  # a similarity block holds at most this many float32 (64 MB), whatever the number of chips
 SCREEN_DIMS = 128  # principal directions in which pairs are screened before the exact 1,024-number product
 SCREEN_SLACK = 1e-3  # on the squared distance: the screen's float32 rounding never drops a true pair
+SCREEN_FROM_PAIRS = 10**8  # fewer pairs than this (10,000 × 10,000) are compared at once: the screen's basis
+# (a 1,024² covariance and its eigenvectors, ~0.4 s) would cost more than it saves
 
 
 def fingerprint(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -90,15 +92,16 @@ class PairScreen:
     near-duplicate. The directions are the fingerprints' principal components (of a regular sample), which keep
     most of the distance between unrelated chips: of 75 million pairs of scene chips, 23 passed. Flat chips
     (all-zero fingerprints) match nothing, as before. A block where the screen passes many pairs is
-    computed in full."""
+    computed in full, as are all of them when there are fewer than :data:`SCREEN_FROM_PAIRS`."""
 
-    def __init__(self, prints: np.ndarray | SpilledArrays, threshold: float) -> None:
-        self.threshold = threshold
+    def __init__(self, prints: np.ndarray | SpilledArrays, threshold: float, pairs: int) -> None:
+        self.threshold, self.basis = threshold, None
+        if pairs < SCREEN_FROM_PAIRS:
+            return
         n = len(prints)
         sample = np.unique(np.linspace(0, max(n - 1, 0), min(n, _block_rows())).astype(np.int64))
         block = next(_blocks(prints, sample), (0, np.zeros((0, THUMBNAIL * THUMBNAIL), np.float32)))[1]
         dims = block.shape[1]
-        self.basis = None
         if dims > SCREEN_DIMS and len(block) > 1:
             _, vectors = np.linalg.eigh(np.cov(block.astype(np.float64), rowvar=False))
             self.basis = np.ascontiguousarray(vectors[:, ::-1][:, :SCREEN_DIMS], np.float32)
@@ -141,9 +144,11 @@ def find_near_duplicates(prints: np.ndarray, splits: Sequence[str], labels: Sequ
     labels[names == ""] = -1
     counts: dict[str, dict[str, int]] = {}
     in_train = np.zeros(len(splits), bool)
+    members = {name: np.flatnonzero(splits == name) for pair in PAIRS for name in pair}
+    screen = PairScreen(prints, threshold, sum(len(members[a]) * len(members[b]) for a, b in PAIRS))
     for first, second in PAIRS:
-        a, b = np.flatnonzero(splits == first), np.flatnonzero(splits == second)
-        found, same_label = _matches(prints, a, b, labels, threshold)
+        a, b = members[first], members[second]
+        found, same_label = _matches(prints, a, b, labels, screen)
         counts[f"{first}-{second}"] = {"chips": int(found.sum()), "same_label": int(same_label.sum()),
                                        f"of_{second}": int(len(b))}
         if first == "train":
@@ -152,14 +157,13 @@ def find_near_duplicates(prints: np.ndarray, splits: Sequence[str], labels: Sequ
 
 
 def _matches(prints: np.ndarray | SpilledArrays, a: np.ndarray, b: np.ndarray, labels: np.ndarray,
-             threshold: float) -> tuple[np.ndarray, np.ndarray]:
+             screen: PairScreen) -> tuple[np.ndarray, np.ndarray]:
     """Per chip of ``b``: whether some chip of ``a`` is a near-duplicate, and whether one of those shares its
     label (``labels``: integer codes, −1 = unlabelled). Compared block against block, so memory holds two
     blocks whatever the number of chips."""
     found, same = np.zeros(len(b), bool), np.zeros(len(b), bool)
     if len(a) == 0 or len(b) == 0:
         return found, same
-    screen = PairScreen(prints, threshold)
     for row_start, rows in _blocks(prints, b):
         row_labels = labels[b[row_start:row_start + len(rows)]]
         for column_start, columns in _blocks(prints, a):
@@ -178,7 +182,7 @@ def near_duplicate_sets(prints: np.ndarray | SpilledArrays, threshold: float) ->
     n = len(prints)
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     everything = np.arange(n)
-    screen = PairScreen(prints, threshold)
+    screen = PairScreen(prints, threshold, n * (n - 1) // 2)
     for row_start, rows in _blocks(prints, everything):
         for column_start, columns in _blocks(prints, everything[row_start:]):
             pair_rows, pair_columns = screen.pairs(rows, columns)

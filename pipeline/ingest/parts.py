@@ -9,10 +9,11 @@ its own spill files and saves what it found; the merge (:func:`merge_parts`) cha
 order, which is file order, without copying them, and runs the passes a single ingest runs after reading. The
 cache is the same bytes whatever the number of parts or where they ran (tested with 3 parts).
 
-A part's folder is ``<parts_dir>/part-I-of-N``; it holds the chips (raw float32, as ingest spills them), the
-valid and segmentation masks and ``found.pkl`` (the manifest rows and every file's outcome, pickled: read it
-only from folders your own jobs wrote). Each part records a fingerprint of the source listing, the domain's
-data settings and the PHI salt; the merge refuses a part whose fingerprint differs from its own, naming it.
+A part's folder is ``<parts_dir>/part-I-of-N``; it holds the chips (raw, as ingest spills them: uint16 while
+they are whole numbers, else float32), the valid and segmentation masks and ``found.pkl`` (the manifest rows
+and every file's outcome, pickled: read it only from folders your own jobs wrote). Each part records a
+fingerprint of the source listing, the domain's data settings and the PHI salt; the merge refuses a part whose
+fingerprint differs from its own, naming it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from pipeline.ingest.source_kinds import SOURCE_KINDS
 from pipeline.ingest.spill import ChainedArrays, reopen
 from pipeline.presets import DomainPreset
 
-FORMAT = 2  # 2: per-chip fitted value ranges (`unit_range`) in found.pkl; a merge refuses parts of another format
+FORMAT = 3  # 2: per-chip fitted value ranges (`unit_range`) in found.pkl; 3: chips stored narrow (`stored`);
+# a merge refuses parts of another format
 SPILLED = ("images", "valid", "masks")
 _PART_FOLDER = re.compile(r"^part-(\d+)-of-(\d+)$")
 

@@ -33,8 +33,13 @@ class SpilledArrays:
     (chips without a segmentation mask).
     """
 
-    def __init__(self, path: Path, dtype: np.dtype | type, fill: int | None = None) -> None:
+    def __init__(self, path: Path, dtype: np.dtype | type, fill: int | None = None,
+                 narrow_to: np.dtype | type | None = None) -> None:
         self.path, self.dtype, self.fill = Path(path), np.dtype(dtype), fill
+        # how items are stored: ``narrow_to`` while every item holds only its exact values (a GeoTIFF's uint16
+        # digital numbers, pending a train-split range: half the bytes of float32), ``dtype`` from the first
+        # item that does not (:meth:`_widen`); read back as ``dtype`` either way
+        self.stored = np.dtype(narrow_to if narrow_to is not None else dtype)
         self.shape: tuple[int, ...] | None = None
         self.present: list[bool] = []  # physical item → not None
         self.order: list[int] = []  # logical index → physical item (after :meth:`keep`)
@@ -63,36 +68,36 @@ class SpilledArrays:
         """The items at ``indexes``, in that order, each run of items that lie one after another on disk read
         with one ``pread`` of up to :data:`READ_BLOCK_BYTES` (one read per 64 KB chip cost a pass over 61,000
         chips ~4 s of system calls). An item is a view into its run's buffer: copy what must outlive the pass."""
-        indexes = list(indexes)
+        return self._read_physical([self.order[index] for index in indexes])
+
+    def __getitem__(self, index: int) -> np.ndarray | None:
+        item = next(self._read_physical([self.order[index]]))
+        return None if item is None else item.copy()  # the caller's own
+
+    def _read_physical(self, physicals: list[int]) -> Iterator[np.ndarray | None]:
         if self.shape is None:
-            yield from (None for _ in indexes)
+            yield from (None for _ in physicals)
             return
         size, position = self._item_bytes, 0
         longest = max(1, READ_BLOCK_BYTES // max(size, 1))
-        while position < len(indexes):
-            physical = self.order[indexes[position]]
+        while position < len(physicals):
+            physical = physicals[position]
             if not self.present[physical]:
                 yield None
                 position += 1
                 continue
             fd, offset = self._locate(physical)
             run = 1
-            while run < longest and position + run < len(indexes):
-                following = self.order[indexes[position + run]]
+            while run < longest and position + run < len(physicals):
+                following = physicals[position + run]
                 if not self.present[following] or self._locate(following) != (fd, offset + run * size):
                     break
                 run += 1
-            block = np.frombuffer(bytearray(os.pread(fd, run * size, offset)), dtype=self.dtype)
+            block = np.frombuffer(bytearray(os.pread(fd, run * size, offset)), dtype=self.stored)
+            if self.stored != self.dtype:
+                block = block.astype(self.dtype)
             yield from block.reshape(run, *self.shape)
             position += run
-
-    def __getitem__(self, index: int) -> np.ndarray | None:
-        physical = self.order[index]
-        if not self.present[physical]:
-            return None
-        fd, offset = self._locate(physical)
-        data = os.pread(fd, self._item_bytes, offset)
-        return np.frombuffer(bytearray(data), dtype=self.dtype).reshape(self.shape)  # writable, owns its memory
 
     def __setitem__(self, index: int, value: np.ndarray) -> None:
         physical = self.order[index]
@@ -121,6 +126,7 @@ class SpilledArrays:
         for one 36000 × 18000 × 4 scene). ``other`` is left empty; a list of another dtype, fill or shape, or
         one without items, is copied instead."""
         if type(other) is not SpilledArrays or other.dtype != self.dtype or other.fill != self.fill or \
+                other.stored != self.stored or \
                 other.shape is None or (self.shape is not None and self.shape != other.shape) or other.adopted:
             self += other
             return
@@ -182,14 +188,42 @@ class SpilledArrays:
 
     @property
     def _item_bytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize  # not np.prod: this runs several times per chip
+        return math.prod(self.shape) * self.stored.itemsize  # not np.prod: this runs several times per chip
 
     def _bytes_of(self, value: np.ndarray | None) -> bytes:
         if value is None:
-            return np.full(self.shape, self.fill, dtype=self.dtype).tobytes()
+            return np.full(self.shape, self.fill, dtype=self.stored).tobytes()
         if tuple(np.shape(value)) != self.shape:
             raise ValueError(f"{self.path.name}: item of shape {np.shape(value)}, expected {self.shape}")
-        return np.ascontiguousarray(value, dtype=self.dtype).tobytes()
+        value = np.asarray(value, dtype=self.dtype)
+        if self.stored != self.dtype:
+            narrow = value.astype(self.stored)
+            if np.array_equal(narrow, value):
+                return narrow.tobytes()
+            self._widen()
+        return np.ascontiguousarray(value).tobytes()
+
+    def _widen(self) -> None:
+        """Store items as ``dtype`` from now on: every file written so far is converted once (a folder whose
+        first files held whole numbers and a later one does not: SAR in dB, a scaled band)."""
+        if self.shape is not None:
+            items = [self._fd, *self._adopted_fds]
+            for position, fd in enumerate(items):
+                items[position] = self._widened_file(fd, self.path if position == 0 else
+                                                     self.path.with_name(self.adopted[position - 1]))
+            self._fd, self._adopted_fds = items[0], items[1:]
+        self.stored = self.dtype
+
+    def _widened_file(self, fd: int, path: Path) -> int:
+        wide = path.with_name(path.name + ".wide")
+        step, offset = READ_BLOCK_BYTES, 0
+        with open(wide, "wb") as out:
+            while chunk := os.pread(fd, step, offset):
+                out.write(np.frombuffer(chunk, self.stored).astype(self.dtype).tobytes())
+                offset += len(chunk)
+        os.close(fd)
+        os.replace(wide, path)
+        return os.open(path, os.O_RDWR)
 
     def _locate(self, physical: int, writing: bool = False) -> tuple[int, int]:
         """The file descriptor and byte offset of a physical item."""
@@ -199,8 +233,9 @@ class SpilledArrays:
         return (self._adopted_fds[file - 1] if file else self._fd), (first + physical - start) * self._item_bytes
 
     def _write_at(self, physical: int, value: np.ndarray | None) -> None:
+        data = self._bytes_of(value)  # first: it may widen the storage, which moves every item
         fd, offset = self._locate(physical, writing=True)
-        os.pwrite(fd, self._bytes_of(value), offset)
+        os.pwrite(fd, data, offset)
 
     def _backfill(self) -> None:
         """The ``None`` items that came before the first array get their fill now that the shape is known."""
@@ -219,9 +254,9 @@ def reopen(folder: Path, layout: dict) -> SpilledArrays:
 
 
 class ChainedArrays(SpilledArrays):
-    """Several spilled lists read as one, in order (ingest parts at their merge). An item assigned (a value
-    range or an MR series mapping applied at the merge) is written to this list's own file, so the parts'
-    files stay as their jobs wrote them and the merge can run again."""
+    """Several spilled lists read as one, in order (ingest parts at their merge), each part through its own
+    storage. An item assigned (an MR series' mapping applied at the merge) is written to this list's own file,
+    so the parts' files stay as their jobs wrote them and the merge can run again."""
 
     def __init__(self, parts: Sequence[SpilledArrays], path: Path) -> None:
         shapes = {values.shape for values in parts if values.shape is not None}
@@ -249,10 +284,26 @@ class ChainedArrays(SpilledArrays):
     def _locate(self, physical: int, writing: bool = False) -> tuple[int, int]:
         if writing and physical not in self.overlay:
             self.overlay[physical] = len(self.overlay)
-        if physical in self.overlay:
-            return self._fd, self.overlay[physical] * self._item_bytes
-        part = bisect.bisect_right(self.starts, physical) - 1
-        return self.parts[part]._locate(physical - self.starts[part])
+        return self._fd, self.overlay[physical] * self._item_bytes
+
+    def _read_physical(self, physicals: list[int]) -> Iterator[np.ndarray | None]:
+        """Runs of items from one part are read by that part (its own storage); assigned items from the overlay."""
+        position = 0
+        while position < len(physicals):
+            source = self._source(physicals[position])
+            run = 1
+            while position + run < len(physicals) and self._source(physicals[position + run]) == source:
+                run += 1
+            chunk = physicals[position:position + run]
+            if source < 0:
+                yield from super()._read_physical(chunk)
+            else:
+                yield from self.parts[source]._read_physical([p - self.starts[source] for p in chunk])
+            position += run
+
+    def _source(self, physical: int) -> int:
+        """−1 for an item assigned at the merge, else the index of the part holding it."""
+        return -1 if physical in self.overlay else bisect.bisect_right(self.starts, physical) - 1
 
 
 def extend(values: list | SpilledArrays, items: list | SpilledArrays) -> None:
@@ -274,7 +325,7 @@ def keep_items(values: list | SpilledArrays, keep: Sequence[bool]) -> list | Spi
 def spilled_lists(folder: Path) -> dict[str, SpilledArrays]:
     """Empty spilled lists for a set of chips (images, valid masks, segmentation masks) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    return {"images": SpilledArrays(folder / "images.bin", np.float32),
+    return {"images": SpilledArrays(folder / "images.bin", np.float32, narrow_to=np.uint16),
             "valid": SpilledArrays(folder / "valid.bin", np.bool_),
             "masks": SpilledArrays(folder / "masks.bin", np.uint8, fill=MASK_IGNORE)}
 

@@ -62,13 +62,15 @@ def test_block_by_block_matches_equal_the_whole_similarity_matrix(monkeypatch, s
     labels = rng.choice(["", "a", "b"], size=300)
     monkeypatch.setattr(near_duplicates, "BLOCK_VALUES", 700)  # a few rows per block
     monkeypatch.setattr(near_duplicates, "SCREEN_DIMS", screen_dims)
+    monkeypatch.setattr(near_duplicates, "SCREEN_FROM_PAIRS", 1000)  # 300 chips: screened as a large archive is
     near = find_near_duplicates(prints, splits.tolist(), labels.tolist(), 0.95)
     close = prints @ prints.T >= 0.95
     _, component = connected_components(close, directed=False)
     smallest = {c: int(np.flatnonzero(component == c).min()) for c in set(component)}
     assert near_duplicate_sets(prints, 0.95).tolist() == [smallest[c] for c in component]
-    screen = near_duplicates.PairScreen(prints, 0.95)
+    screen = near_duplicates.PairScreen(prints, 0.95, pairs=300 * 299 // 2)
     assert (screen.basis is not None) == (screen_dims < 64)
+    assert near_duplicates.PairScreen(prints, 0.95, pairs=999).basis is None  # too few pairs to be worth it
     if screen.basis is not None:  # the screen passes few pairs, so its exact path is the one taken
         left = prints @ screen.basis
         distance = ((left[:, None, :] - left[None, :, :]) ** 2).sum(-1)

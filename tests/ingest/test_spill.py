@@ -102,6 +102,46 @@ def test_an_adopted_list_is_read_in_place_not_copied(tmp_path):
     assert not list(tmp_path.glob("images*.bin"))
 
 
+def test_whole_numbers_are_stored_narrow_until_an_item_needs_float32(tmp_path):
+    """uint16 storage while every item is whole and in range; the first that is not converts what is stored."""
+    rng = np.random.default_rng(5)
+    digital = [rng.integers(0, 65536, (2, 4, 4)).astype(np.float32) for _ in range(5)]
+    spilled = SpilledArrays(tmp_path / "images.bin", np.float32, narrow_to=np.uint16)
+    spilled += digital[:3]
+    scene = SpilledArrays(tmp_path / "scene.bin", np.float32, narrow_to=np.uint16)
+    scene += digital[3:]
+    spilled.adopt(scene)  # both narrow: adopted as it is
+    assert spilled.stored == np.uint16 and (tmp_path / "images.bin").stat().st_size == 3 * 2 * 16 * 2
+    assert all(a.dtype == np.float32 and np.array_equal(a, b) for a, b in zip(spilled, digital))
+    decibels = [np.full((2, 4, 4), -12.5, np.float32), np.full((2, 4, 4), 70000.0, np.float32)]
+    spilled.append(decibels[0])  # not a uint16 value: everything is widened to float32
+    spilled.append(decibels[1])
+    expected = digital + decibels
+    assert spilled.stored == np.float32 and (tmp_path / "images.bin").stat().st_size == 5 * 2 * 16 * 4
+    assert all(np.array_equal(a, b) for a, b in zip(spilled, expected))
+    assert all(np.array_equal(spilled[i], expected[i]) for i in range(len(expected)))
+    spilled.close()
+
+
+def test_chained_parts_stored_narrow_and_wide_read_as_one_list(tmp_path):
+    whole = [np.full((2, 4, 4), 7.0 * k, np.float32) for k in range(3)]
+    fractional = [np.full((2, 4, 4), 0.25 * k, np.float32) for k in range(1, 3)]
+    layouts = []
+    for k, items in enumerate((whole, fractional)):
+        part = SpilledArrays(tmp_path / f"part{k}.bin", np.float32, narrow_to=np.uint16)
+        part += items
+        layouts.append(part.layout())
+        part.detach()
+    parts = [reopen(tmp_path, layout) for layout in layouts]
+    assert [part.stored for part in parts] == [np.uint16, np.float32]
+    chained = ChainedArrays(parts, tmp_path / "overlay.bin")
+    assert all(np.array_equal(a, b) for a, b in zip(chained, whole + fractional))
+    chained[1] = np.full((2, 4, 4), 0.5, np.float32)  # a merge's assignment goes to its own float32 file
+    assert np.array_equal(chained[1], np.full((2, 4, 4), 0.5, np.float32))
+    assert all(np.array_equal(a, b) for a, b in zip(reopen(tmp_path, layouts[0]), whole))  # part unchanged
+    chained.close()
+
+
 def test_block_reads_stop_at_gaps_and_missing_items(tmp_path, monkeypatch):
     import pipeline.ingest.spill as spill
 
