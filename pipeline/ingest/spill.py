@@ -126,10 +126,10 @@ class SpilledArrays:
         for one 36000 × 18000 × 4 scene). ``other`` is left empty; a list of another dtype, fill or shape, or
         one without items, is copied instead."""
         if type(other) is not SpilledArrays or other.dtype != self.dtype or other.fill != self.fill or \
-                other.stored != self.stored or \
                 other.shape is None or (self.shape is not None and self.shape != other.shape) or other.adopted:
             self += other
             return
+        self._match_storage(other)
         if self.shape is None:
             self.shape = other.shape
             self._backfill()
@@ -143,6 +143,19 @@ class SpilledArrays:
         self.present += other.present
         self.order += [start + physical for physical in other.order]
         other.present, other.order = [], []
+
+    def _match_storage(self, other: SpilledArrays) -> None:
+        """Store both lists alike before ``other``'s file joins this one: an empty list takes ``other``'s storage,
+        else the narrow one is widened (a scene's scaled reflectances are float32 while this list was still
+        uint16: copying its 156,798 chips item by item instead cost 37 s)."""
+        if self.stored == other.stored:
+            return
+        if not self.present:
+            self.stored = other.stored
+            return
+        for values in (self, other):
+            if values.stored != values.dtype:
+                values._widen()
 
     def keep(self, keep: Sequence[bool]) -> None:
         """Keep the items where ``keep`` is True (no data is moved)."""

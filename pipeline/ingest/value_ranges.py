@@ -85,8 +85,7 @@ def to_unit(data: np.ndarray, valid: np.ndarray, low: np.ndarray, high: np.ndarr
     if np.all(low == 0) and np.all(high == 1):  # exact, one pass: reflectance products
         unit = np.clip(data, 0.0, 1.0).astype(np.float32, copy=False)
     else:
-        unit = data.astype(np.float32)
-        unit -= low
+        unit = np.subtract(data, low, dtype=np.float32)  # the cast and the subtraction in one pass
         unit /= high - low
         np.clip(unit, 0.0, 1.0, out=unit)
     zero_invalid(unit, valid)

@@ -123,6 +123,30 @@ def test_whole_numbers_are_stored_narrow_until_an_item_needs_float32(tmp_path):
     spilled.close()
 
 
+@pytest.mark.parametrize("held", ["nothing", "whole", "fractional"])
+@pytest.mark.parametrize("joining", ["whole", "fractional"])
+def test_a_list_stored_otherwise_is_still_adopted_in_place(tmp_path, held, joining):
+    """A scene spilled as float32 (scaled reflectances) joins a uint16 list, or the other way round: the narrow
+    side is widened once and the scene's file is renamed, not copied item by item."""
+    values = {"whole": [np.full((2, 4, 4), 9.0 * k, np.float32) for k in range(3)],
+              "fractional": [np.full((2, 4, 4), 0.5 + k, np.float32) for k in range(3)], "nothing": []}
+    main = SpilledArrays(tmp_path / "images.bin", np.float32, narrow_to=np.uint16)
+    main += values[held]
+    (tmp_path / "scene").mkdir()
+    scene = SpilledArrays(tmp_path / "scene" / "images.bin", np.float32, narrow_to=np.uint16)
+    scene += values[joining]
+    inode = (tmp_path / "scene" / "images.bin").stat().st_ino
+    main.adopt(scene)
+    assert main.stored == (np.uint16 if {held, joining} <= {"nothing", "whole"} else np.float32)
+    adopted = tmp_path / "images.1.bin"
+    assert (adopted.stat().st_ino == inode) == (joining == "fractional" or held != "fractional")  # else widened
+    assert adopted.stat().st_size == 3 * 2 * 16 * main.stored.itemsize
+    assert (tmp_path / "images.bin").stat().st_size == len(values[held]) * 2 * 16 * main.stored.itemsize
+    expected = values[held] + values[joining]
+    assert all(np.array_equal(a, b) for a, b in zip(main, expected)) and len(main) == len(expected)
+    main.close()
+
+
 def test_chained_parts_stored_narrow_and_wide_read_as_one_list(tmp_path):
     whole = [np.full((2, 4, 4), 7.0 * k, np.float32) for k in range(3)]
     fractional = [np.full((2, 4, 4), 0.25 * k, np.float32) for k in range(1, 3)]
