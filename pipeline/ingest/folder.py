@@ -28,11 +28,11 @@ from pipeline.ingest.boxes import boxes_for_chips
 from pipeline.ingest.file_pool import read_in_order
 from pipeline.ingest.ingested import IngestedChips, IngestError
 from pipeline.ingest.part_spec import WHOLE, PartSpec
-from pipeline.ingest.spill import LARGE_FILE_BYTES
+from pipeline.ingest.spill import LARGE_FILE_BYTES, SpilledArrays, keep_items
 from pipeline.ingest.phi import PathRedactor, phi_salt
 from pipeline.ingest.segmentations import FolderLabels
 from pipeline.ingest.source_kinds import SOURCE_KINDS
-from pipeline.ingest.near_duplicates import find_near_duplicates, fingerprints, near_duplicate_sets
+from pipeline.ingest.near_duplicates import THUMBNAIL, find_near_duplicates, fingerprints, near_duplicate_sets
 from pipeline.ingest.labels_table import read_labels_csv, read_labels_table
 from pipeline.ingest.sources import FileTask, read_class_names, read_file_safely, read_mask_classes
 from pipeline.ingest.splits import (check_no_leakage, group_split, join_blocks_across_files, join_units,
@@ -198,7 +198,7 @@ def split_and_write(found: IngestedChips, source: Path, cfg: DomainDataConfig, p
         splits = [str(split) for split in SPLITTERS[preset.split](found.rows, cfg, seed, links)]
     value_range = {}
     if any(found.range_group):
-        value_range, splits = found.map_pending_ranges(splits, cfg)
+        value_range, splits = found.map_pending_ranges(splits, cfg, with_fingerprints=duplicates.mode != "off")
     elif found.clip_counts.total.size:
         value_range = {"from": f"data.{domain or '<domain>'}.geotiff.value_range",
                        "clipped": found.clip_counts.fractions(found.channel_names)}
@@ -265,12 +265,12 @@ def _near_duplicates(found: IngestedChips, keep: list[int], rows: list[dict],
         return keep, rows, {}
     store = found.scratch("fingerprints", np.float32)
     try:
-        prints = fingerprints(found.subset("images", keep), found.subset("valid", keep), store)
-        near = find_near_duplicates(prints, [row["split"] for row in rows], [str(row["label"]) for row in rows],
-                                    duplicates.similarity)
+        near = find_near_duplicates(_kept_fingerprints(found, keep, store), [row["split"] for row in rows],
+                                    [str(row["label"]) for row in rows], duplicates.similarity)
     finally:
-        if store is not None:
-            store.close()
+        for values in (store, found.mapped_prints):
+            if isinstance(values, SpilledArrays):
+                values.close()
     dropped = int(near.in_train.sum()) if duplicates.mode == "drop" else 0
     if duplicates.mode == "group" and found.user_splits:
         return keep, rows, {**near.report(duplicates.similarity, 0),
@@ -280,6 +280,19 @@ def _near_duplicates(found: IngestedChips, keep: list[int], rows: list[dict],
         rows = [{**row, "chip_id": n} for n, row in enumerate(r for r, flagged in zip(rows, near.in_train)
                                                              if not flagged)]
     return keep, rows, near.report(duplicates.similarity, dropped)
+
+
+def _kept_fingerprints(found: IngestedChips, keep: list[int],
+                       store: SpilledArrays | None) -> np.ndarray | SpilledArrays:
+    """The fingerprints of the chips at ``keep`` (ascending): those the value-range pass took as it mapped every
+    chip (:meth:`IngestedChips.map_pending_ranges`), else taken now, into ``store`` when the chips are spilled."""
+    if len(found.mapped_prints) != len(found.images):
+        return fingerprints(found.subset("images", keep), found.subset("valid", keep), store)
+    kept = np.zeros(len(found.images), bool)
+    kept[keep] = True
+    prints = keep_items(found.mapped_prints, kept.tolist())
+    return prints if isinstance(prints, SpilledArrays) else \
+        np.stack(prints) if prints else np.zeros((0, THUMBNAIL * THUMBNAIL), np.float32)
 
 
 def check_user_split(rows: list[dict], units: list[str], split_kind: str, redact: PathRedactor) -> None:

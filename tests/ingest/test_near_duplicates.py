@@ -174,3 +174,38 @@ def test_group_with_a_user_split_reports_and_says_it_could_not_regroup(tmp_path)
     assert report["near_duplicates"]["train-test"]["chips"] == 10
     assert report["near_duplicates"]["grouped"] == "not applied: the split comes from labels.csv"
     assert "; not grouped (the split comes from labels.csv) (cosine" in near_duplicate_line(report["near_duplicates"])
+
+
+def test_fingerprints_taken_while_value_ranges_map_the_chips_count_what_a_pass_of_their_own_counts(tmp_path,
+                                                                                                   monkeypatch):
+    """Scenes in a train-split value-range group, some re-exported darker at another place (so in other spatial
+    blocks, other splits): the fingerprints the mapping pass takes give the report and cache of a separate pass."""
+    from affine import Affine
+
+    import pipeline.ingest.folder as folder
+    from pipeline.ingest.ingested import IngestedChips
+    from tests.fixtures.geotiff_files import GRID, config, ingest, write_raster
+
+    rng = np.random.default_rng(7)
+    source = tmp_path / "src"
+    for k in range(6):
+        data = np.stack([cv2.GaussianBlur(rng.integers(200, 4000, (64, 64)).astype(np.float32), (0, 0), 1.5)
+                         for _ in range(2)]).astype(np.uint16)
+        write_raster(source / f"scene_{k}.tif", data, transform=GRID @ Affine.translation(0, 640 * k))
+        write_raster(source / f"copy_{k}.tif", (data * 0.9).astype(np.uint16),
+                     transform=GRID @ Affine.translation(640 * (k + 8), 0))
+    taking, counting = IngestedChips.map_pending_ranges, folder.find_near_duplicates
+    outputs, prints = {}, {}
+    for taken in (True, False):
+        monkeypatch.setattr(IngestedChips, "map_pending_ranges", lambda self, splits, cfg, with_fingerprints=False,
+                            taken=taken: taking(self, splits, cfg, with_fingerprints and taken))
+        monkeypatch.setattr(folder, "find_near_duplicates", lambda found, *args, taken=taken: (
+            prints.__setitem__(taken, np.stack(list(found))), counting(found, *args))[1])
+        report = ingest(source, tmp_path / f"out_{taken}", config(block_size_px=32))
+        outputs[taken] = report, {path.name: path.read_bytes() for path in (tmp_path / f"out_{taken}").iterdir()}
+    assert prints[True].shape == (report["chips"]["kept"], 32 * 32) and np.array_equal(prints[True], prints[False])
+    report = outputs[True][0]
+    assert set(report["value_range"]["groups"]) == {"uint16"}
+    assert report["near_duplicates"] == outputs[False][0]["near_duplicates"]
+    assert sum(report["near_duplicates"][pair]["chips"] for pair in ("train-val", "train-test", "val-test")) > 0
+    assert outputs[True][1] == outputs[False][1]
