@@ -208,13 +208,13 @@ class SpilledArrays:
             return np.full(self.shape, self.fill, dtype=self.stored).tobytes()
         if tuple(np.shape(value)) != self.shape:
             raise ValueError(f"{self.path.name}: item of shape {np.shape(value)}, expected {self.shape}")
-        value = np.asarray(value, dtype=self.dtype)
+        data = np.ascontiguousarray(value, dtype=self.dtype).tobytes()
         if self.stored != self.dtype:
-            narrow = value.astype(self.stored)
-            if np.array_equal(narrow, value):
+            narrow = np.asarray(value).astype(self.stored)
+            if narrow.astype(self.dtype).tobytes() == data:  # bit for bit: -0.0 or NaN are not whole numbers here
                 return narrow.tobytes()
             self._widen()
-        return np.ascontiguousarray(value).tobytes()
+        return data
 
     def _widen(self) -> None:
         """Store items as ``dtype`` from now on: every file written so far is converted once (a folder whose

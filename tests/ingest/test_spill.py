@@ -113,6 +113,10 @@ def test_whole_numbers_are_stored_narrow_until_an_item_needs_float32(tmp_path):
     spilled.adopt(scene)  # both narrow: adopted as it is
     assert spilled.stored == np.uint16 and (tmp_path / "images.bin").stat().st_size == 3 * 2 * 16 * 2
     assert all(a.dtype == np.float32 and np.array_equal(a, b) for a, b in zip(spilled, digital))
+    negative_zero = SpilledArrays(tmp_path / "zero.bin", np.float32, narrow_to=np.uint16)
+    negative_zero.append(np.full((2, 4, 4), -0.0, np.float32))  # equal to 0, not the same bits: kept as float32
+    assert negative_zero.stored == np.float32 and np.signbit(negative_zero[0]).all()
+    negative_zero.close()
     decibels = [np.full((2, 4, 4), -12.5, np.float32), np.full((2, 4, 4), 70000.0, np.float32)]
     spilled.append(decibels[0])  # not a uint16 value: everything is widened to float32
     spilled.append(decibels[1])
