@@ -214,7 +214,8 @@ def main() -> None:
     parser.add_argument("--raw", action="store_true", help="also time the raw decoder on the same files")
     parser.add_argument("--parts", type=int, default=0, help="also run as this many part jobs and a merge")
     args = parser.parse_args()
-    shape = {"dicom": f"{args.patients}x{args.slices}x{args.size}" + (f"x{args.copies}" if args.copies > 1 else ""), "scenes": f"{args.scenes}x{args.scene_size}",
+    copies = f"x{args.copies}" if args.copies > 1 else ""
+    shape = {"dicom": f"{args.patients}x{args.slices}x{args.size}{copies}", "scenes": f"{args.scenes}x{args.scene_size}",
              "big": f"{args.width}x{args.height}x{args.bands}"}[args.case]
     source = args.work / f"{args.case}-{shape}"
     started = time.perf_counter()
