@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.config_data import DomainDataConfig
 from pipeline.ingest.value_ranges import ClipCounts
-from pipeline.data.chips import MASK_IGNORE
+from pipeline.data.chips import MASK_IGNORE, valid_pixels
 from pipeline.ingest.spill import close_spilled, keep_items, spilled_lists
 from pipeline.io import UnreadableImageError
 from pipeline.io.dicom_files import NotAnImageError
@@ -124,9 +124,7 @@ def constant_chips(images: list[np.ndarray], valid: list[np.ndarray]) -> list[bo
     """
     flags = []
     for image, mask in zip(images, valid):
-        pixels = np.asarray(image).reshape(image.shape[0], -1)
-        if not mask.all():
-            pixels = pixels[:, np.asarray(mask).reshape(-1)]
+        pixels = valid_pixels(image, mask)
         if pixels.shape[1] == 0:
             flags.append(True)
             continue
